@@ -1,0 +1,18 @@
+"""The Azure Functions app: builds the FunctionApp and registers the blueprints.
+
+Each HTTP endpoint is its own function (so the Portal shows each one's invocations and
+failures). Settings and config.yaml are validated here, at start-up: a bad value stops the app
+with the file, the field and the reason.
+"""
+
+import azure.functions as func
+
+from shared import context
+from shared.http.openapi import bp as openapi
+from shared.http.public import bp as public
+
+context.load()
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+app.register_functions(public)
+app.register_functions(openapi)

@@ -1,0 +1,229 @@
+"""The schema of `config.yaml`: model catalog, per-model provisioning, approval rules, notifications.
+
+Validated once when the app loads. Every section forbids unknown keys, so a typo fails loudly
+instead of silently disabling a rule (as the earlier service's string-loaded plugins did), and
+a bad file names the file, the path of the bad field and the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, PrivateAttr, field_validator, model_validator
+
+MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,62}$"
+DURATION = r"^\d+[smhdwy]$|^\d+mo$"
+
+
+class ConfigError(Exception):
+    """config.yaml cannot be used; the message names the file, the field and the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- provisioning -------------------------------------------------------------------------------
+
+
+class LiteLLMProvisioning(_Strict):
+    """What a LiteLLM virtual key for this model grants (fields of LiteLLM's /key/generate)."""
+
+    models: list[str] = Field(default_factory=list, description="LiteLLM model names; default: the catalog id")
+    duration: str | None = Field("30d", pattern=DURATION, description="key lifetime, e.g. 30d; null: no expiry")
+    max_budget: float | None = Field(None, gt=0)
+    budget_duration: str | None = Field(None, pattern=DURATION)
+    soft_budget: float | None = Field(None, gt=0)
+    tpm_limit: int | None = Field(None, gt=0)
+    rpm_limit: int | None = Field(None, gt=0)
+
+
+class ApimProvisioning(_Strict):
+    """An APIM subscription scoped to this product."""
+
+    product_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
+    expires_after_days: int | None = Field(None, gt=0)
+
+
+class Provisioning(_Strict):
+    backends: list[Literal["litellm", "apim"]] = Field(default_factory=lambda: ["litellm"], min_length=1)
+    litellm: LiteLLMProvisioning = Field(default_factory=LiteLLMProvisioning)
+    apim: ApimProvisioning | None = None
+
+    @model_validator(mode="after")
+    def _apim_needs_product(self) -> "Provisioning":
+        if "apim" in self.backends and self.apim is None:
+            raise ValueError("backends lists apim, so apim.product_id is required")
+        if len(set(self.backends)) != len(self.backends):
+            raise ValueError("backends lists a backend twice")
+        return self
+
+
+# --- catalog --------------------------------------------------------------------------------------
+
+
+class CatalogModel(_Strict):
+    """A model users can ask for; the first fields are what the frontend shows."""
+
+    id: str = Field(pattern=MODEL_ID)
+    title: str = Field(min_length=1)
+    description: str = ""
+    icon: str = ""
+    color: str = ""
+    auto_approve: bool | None = Field(
+        None, description="true: approve without rules; false: always human review; null: rules decide"
+    )
+    provisioning: Provisioning = Field(default_factory=Provisioning)
+
+    def public(self) -> dict:
+        """What `GET /api/models` shows: never provisioning details."""
+        return self.model_dump(include={"id", "title", "description", "icon", "color"})
+
+
+class FeaturedModel(_Strict):
+    id: str = Field(pattern=MODEL_ID)
+    title: str = Field(min_length=1)
+    subtitle: str = ""
+    description: str = ""
+    documentation_link: str = ""
+    icon: str = ""
+    color: str = ""
+
+
+class KaitoModel(_Strict):
+    """An open-source model served by a KAITO workspace (team access)."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,40}[a-z0-9])?$")
+    preset: str = Field(min_length=1)
+    instance_type: str = Field(min_length=1)
+
+
+# --- requests and rules -----------------------------------------------------------------------------
+
+
+class RequestPolicy(_Strict):
+    allowed_email_domains: list[str] = Field(
+        default_factory=list, description="empty: any domain; else only these (subdomains included)"
+    )
+
+    @field_validator("allowed_email_domains")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [domain.strip().lower().lstrip("@") for domain in value]
+
+
+Decision = Literal["approve", "deny", "review"]
+
+
+class MatchRule(_Strict):
+    """Decides when every condition it names matches (globs, case-insensitive)."""
+
+    kind: Literal["match"] = "match"
+    decision: Decision
+    emails: list[str] = Field(default_factory=list, description="globs, e.g. *@contoso.com")
+    domains: list[str] = Field(default_factory=list, description="email domains, subdomains included")
+    models: list[str] = Field(default_factory=list, description="globs over catalog ids")
+    reason: str = ""
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> "MatchRule":
+        if not (self.emails or self.domains or self.models):
+            raise ValueError("a match rule needs at least one of emails, domains, models")
+        return self
+
+
+class WebhookRule(_Strict):
+    """Asks an HTTP endpoint; its answer decides, an error never approves."""
+
+    kind: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://")
+    secret_setting: str = Field(
+        "APPROVAL_WEBHOOK_SECRET", description="app setting holding the HMAC-SHA256 shared secret"
+    )
+    timeout_seconds: float = Field(5.0, gt=0, le=30)
+
+
+Rule = Annotated[Union[MatchRule, WebhookRule], Field(discriminator="kind")]
+
+
+class Approval(_Strict):
+    default: Decision = Field("approve", description="when no rule decides (the earlier service approved)")
+    rules: list[Rule] = Field(default_factory=list)
+
+
+class Notifications(_Strict):
+    product_name: str = "LLM Key Requestor"
+    reviewers: list[str] = Field(default_factory=list)
+    admins: list[str] = Field(default_factory=list)
+    admin_url: str = ""
+    subjects: dict[Literal["approved", "denied", "review", "failed", "team"], str] = Field(default_factory=dict)
+
+
+# --- the whole file ---------------------------------------------------------------------------------
+
+
+class AppConfig(_Strict):
+    models: list[CatalogModel] = Field(min_length=1)
+    featured_models: list[FeaturedModel] = Field(default_factory=list)
+    kaito_models: list[KaitoModel] = Field(default_factory=list)
+    requests: RequestPolicy = Field(default_factory=RequestPolicy)
+    approval: Approval = Field(default_factory=Approval)
+    notifications: Notifications = Field(default_factory=Notifications)
+
+    _by_id: dict[str, CatalogModel] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AppConfig":
+        ids = [model.id for model in self.models]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"model ids must be unique; repeated: {', '.join(duplicates)}")
+        unknown = [f.id for f in self.featured_models if f.id not in ids]
+        if unknown:
+            raise ValueError(f"featured_models name ids not in models: {', '.join(unknown)}")
+        return self
+
+    def model_post_init(self, __context: object) -> None:
+        self._by_id = {model.id: model for model in self.models}
+
+    def model(self, model_id: str) -> CatalogModel | None:
+        return self._by_id.get(model_id)
+
+
+def _location(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("match", "webhook") and path:
+            continue  # pydantic's discriminator tag, not a field the user wrote
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: {_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
+    return "\n".join(lines)
+
+
+def load_config(path: Path) -> AppConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: (top level): must be a mapping with at least a 'models' list")
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(path), exc)) from None
+

@@ -1,0 +1,111 @@
+"""A key request and the states it moves through. No I/O: the store maps it to a Secret.
+
+The value is immutable; every change makes a new one (`with_changes`), so the processor can be
+read as a function from (request, outcome) to the next request, and the store writes only what
+the caller decided.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import uuid
+from datetime import datetime, timezone
+
+from email_validator import EmailNotValidError, validate_email
+
+
+class State(str, enum.Enum):
+    PENDING = "pending"  # new: the rules have not decided yet
+    IN_REVIEW = "in-review"  # waits for a human (admin API or kubectl label)
+    APPROVED = "approved"  # decided: access is to be provisioned and the requester told
+    ACTIVE = "active"  # access issued and the requester told
+    DENIED = "denied"
+    REVOKING = "revoking"  # access is being taken back
+    REVOKED = "revoked"
+    FAILED = "failed"  # gave up after the configured attempts; the reason is recorded
+    EXPIRED = "expired"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINISHED_STATES = frozenset({State.DENIED, State.REVOKED, State.FAILED, State.EXPIRED})
+
+REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+class InvalidInput(ValueError):
+    """User input that cannot be accepted: names the field and the reason."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def new_request_id() -> str:
+    """Random, so a request's status cannot be guessed from an email address."""
+    return str(uuid.uuid4())
+
+
+def is_request_id(value: str) -> bool:
+    return bool(REQUEST_ID.match(value))
+
+
+def normalise_email(raw: str, allowed_domains: list[str] | tuple[str, ...] = ()) -> str:
+    """Trim, check syntax (no DNS lookups) and lower-case; optionally restrict the domain."""
+    candidate = raw.strip()
+    if not candidate:
+        raise InvalidInput("email", "must not be empty")
+    if len(candidate) > 254:
+        raise InvalidInput("email", "must be at most 254 characters")
+    try:
+        result = validate_email(candidate, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidInput("email", f"is not a valid email address ({exc})") from None
+    email = result.normalized.lower()
+    if allowed_domains:
+        domain = email.rsplit("@", 1)[1]
+        if not any(domain == d or domain.endswith("." + d) for d in allowed_domains):
+            raise InvalidInput("email", f"domain {domain} is not allowed here")
+    return email
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRequest:
+    id: str
+    email: str
+    model: str
+    state: State
+    created_at: datetime
+    updated_at: datetime
+    # what was decided, by whom and why
+    decision: str | None = None
+    reason: str | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    # progress of the current step, so a restart resumes where it stopped
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    # the store's optimistic-concurrency token; None for a request not yet stored
+    resource_version: str | None = None
+
+    @classmethod
+    def new(cls, email: str, model: str, now: datetime | None = None) -> "KeyRequest":
+        now = now or utcnow()
+        return cls(id=new_request_id(), email=email, model=model, state=State.PENDING,
+                   created_at=now, updated_at=now)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    def with_changes(self, now: datetime | None = None, **changes: object) -> "KeyRequest":
+        return dataclasses.replace(self, updated_at=now or utcnow(), **changes)

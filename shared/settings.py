@@ -1,0 +1,122 @@
+"""App settings (environment variables) read into one typed, validated object.
+
+Azure Functions hands app settings to the worker as environment variables, and locally the host
+copies `local.settings.json` `Values` into the environment, so both paths meet here. Names follow
+the earlier FastAPI service where one existed, so operators keep their settings.
+Secrets are `SecretStr`: they never show in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Mapping
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+APP_ROOT = Path(__file__).resolve().parent.parent
+IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it and says why."""
+
+
+def _blank_to_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    # Kubernetes store
+    kubernetes_namespace: str = Field("", alias="KUBERNETES_NAMESPACE")
+    kubeconfig: str | None = Field(None, alias="KUBECONFIG")
+    kubernetes_timeout_seconds: float = Field(10.0, alias="KUBERNETES_TIMEOUT_SECONDS", gt=0)
+
+    # Catalog, rules and notification settings
+    config_file: Path = Field(APP_ROOT / "config.yaml", alias="CONFIG_FILE")
+
+    # Timer
+    approval_schedule: str = Field("*/30 * * * * *", alias="APPROVAL_SCHEDULE")
+
+    # Outbound TLS: an extra CA bundle (PEM) trusted by every outbound client but Kubernetes,
+    # for corporate proxies and private CAs, as the earlier service's /certs mount allowed.
+    ca_bundle: Path | None = Field(None, alias="CA_BUNDLE")
+
+    # LiteLLM
+    litellm_base_url: str = Field("http://localhost:4000", alias="LITELLM_BASE_URL")
+    litellm_api_key: SecretStr | None = Field(None, alias="LITELLM_API_KEY")
+    litellm_gateway_url: str | None = Field(None, alias="LITELLM_GATEWAY_URL")
+
+    # SMTP
+    smtp_host: str | None = Field(None, alias="SMTP_HOST")
+    smtp_port: int = Field(587, alias="SMTP_PORT", ge=1, le=65535)
+    smtp_user: str | None = Field(None, alias="SMTP_USER")
+    smtp_password: SecretStr | None = Field(None, alias="SMTP_PASSWORD")
+    smtp_from: str = Field("noreply@example.com", alias="SMTP_FROM")
+    smtp_use_tls: Literal["starttls", "tls", "none"] = Field(
+        "starttls", validation_alias=AliasChoices("SMTP_USE_TLS", "smtp_use_tls")
+    )
+
+    # Admin API
+    admin_username: str = Field("admin", alias="ADMIN_USERNAME")
+    admin_password: SecretStr | None = Field(None, alias="ADMIN_PASSWORD")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
+
+    _blank = field_validator(
+        "kubeconfig", "ca_bundle", "litellm_api_key", "litellm_gateway_url", "smtp_host",
+        "smtp_user", "smtp_password", "admin_password", mode="before",
+    )(_blank_to_none)
+
+    @field_validator("smtp_use_tls", mode="before")
+    @classmethod
+    def _tls_mode(cls, value: object) -> object:
+        # The earlier service took a boolean here: true meant STARTTLS on port 587.
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return {"true": "starttls", "1": "starttls", "yes": "starttls",
+                    "false": "none", "0": "none", "no": "none", "ssl": "tls"}.get(lowered, lowered)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value
+
+    @property
+    def namespace(self) -> str:
+        """The configured namespace, else the pod's own, else `default` (as the earlier service)."""
+        if self.kubernetes_namespace.strip():
+            return self.kubernetes_namespace.strip()
+        if IN_CLUSTER_NAMESPACE_FILE.is_file():
+            return IN_CLUSTER_NAMESPACE_FILE.read_text().strip()
+        return "default"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if environ is None else environ)
+        try:
+            return cls.model_validate(env)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                name = ".".join(str(part) for part in error["loc"])
+                problems.append(f"{name}: {error['msg']}")
+            raise SettingsError("invalid app settings: " + "; ".join(problems)) from None

@@ -1,0 +1,126 @@
+"""The one place that knows how a key request looks as a Kubernetes Secret.
+
+Contract (compatible with the earlier service's runbook):
+- name `llm-key-request-<id>`;
+- labels `app.kubernetes.io/name=llm-key-requestor`, `app.kubernetes.io/component=llm-key-request`,
+  `request-state=<state>`: the label is the state's source of truth, so
+  `kubectl label secret ... request-state=approved --overwrite` is a decision;
+- everything else that is not secret in annotations under `llm-key-requestor/`, so
+  `kubectl describe` tells the story; keys only ever in `data`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from shared.domain.request import KeyRequest, State
+
+APP_LABEL = "app.kubernetes.io/name"
+APP_NAME = "llm-key-requestor"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+REQUEST_COMPONENT = "llm-key-request"
+CLAIM_COMPONENT = "llm-key-request-claim"
+STATE_LABEL = "request-state"
+PREFIX = "llm-key-requestor/"
+
+REQUEST_NAME_PREFIX = "llm-key-request-"
+CLAIM_NAME_PREFIX = "llm-key-claim-"
+
+# KeyRequest field -> annotation (without prefix). Timestamps as ISO 8601 strings.
+_TEXT = {"email": "email", "model": "model", "decision": "decision", "reason": "reason",
+         "decided_by": "decided-by", "last_error": "last-error"}
+_TIMES = {"created_at": "created-at", "updated_at": "updated-at", "decided_at": "decided-at",
+          "next_attempt_at": "next-attempt-at"}
+_INTS = {"attempts": "attempts"}
+
+
+class InvalidRecord(ValueError):
+    """A Secret that claims to be a request but cannot be read as one (e.g. a mistyped label)."""
+
+
+def request_name(request_id: str) -> str:
+    return REQUEST_NAME_PREFIX + request_id
+
+
+def request_selector(states: tuple[State, ...] = ()) -> str:
+    selector = f"{APP_LABEL}={APP_NAME},{COMPONENT_LABEL}={REQUEST_COMPONENT}"
+    if len(states) == 1:
+        selector += f",{STATE_LABEL}={states[0].value}"
+    elif states:
+        selector += f",{STATE_LABEL} in ({','.join(s.value for s in states)})"
+    return selector
+
+
+def annotations_of(request: KeyRequest) -> dict[str, str | None]:
+    """All annotations this app owns; None marks one to remove (a JSON merge patch null)."""
+    out: dict[str, str | None] = {}
+    for field, key in _TEXT.items():
+        out[PREFIX + key] = getattr(request, field)
+    for field, key in _TIMES.items():
+        value: datetime | None = getattr(request, field)
+        out[PREFIX + key] = value.isoformat() if value else None
+    for field, key in _INTS.items():
+        out[PREFIX + key] = str(getattr(request, field))
+    return out
+
+
+def labels_of(request: KeyRequest) -> dict[str, str]:
+    return {APP_LABEL: APP_NAME, COMPONENT_LABEL: REQUEST_COMPONENT, STATE_LABEL: request.state.value}
+
+
+def to_secret(request: KeyRequest) -> dict[str, Any]:
+    annotations = {k: v for k, v in annotations_of(request).items() if v is not None}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": request_name(request.id), "labels": labels_of(request),
+                     "annotations": annotations},
+    }
+
+
+def to_patch(request: KeyRequest) -> dict[str, Any]:
+    """A merge patch of labels and annotations, guarded by the request's resourceVersion."""
+    return {"metadata": {"resourceVersion": request.resource_version,
+                         "labels": labels_of(request), "annotations": annotations_of(request)}}
+
+
+def from_secret(secret: dict[str, Any]) -> KeyRequest:
+    meta = secret.get("metadata") or {}
+    name: str = meta.get("name", "")
+    labels = meta.get("labels") or {}
+    notes = meta.get("annotations") or {}
+    raw_state = labels.get(STATE_LABEL, "")
+    try:
+        state = State(raw_state)
+    except ValueError:
+        known = ", ".join(s.value for s in State)
+        raise InvalidRecord(f"{name}: label {STATE_LABEL}={raw_state!r} is not one of {known}") from None
+    values: dict[str, Any] = {}
+    try:
+        for field, key in _TEXT.items():
+            values[field] = notes.get(PREFIX + key)
+        for field, key in _TIMES.items():
+            text = notes.get(PREFIX + key)
+            values[field] = datetime.fromisoformat(text) if text else None
+        for field, key in _INTS.items():
+            values[field] = int(notes.get(PREFIX + key) or 0)
+    except ValueError as exc:
+        raise InvalidRecord(f"{name}: unreadable annotation: {exc}") from None
+    created = values.pop("created_at") or _parse_k8s_time(meta.get("creationTimestamp"))
+    updated = values.pop("updated_at") or created
+    return KeyRequest(
+        id=name.removeprefix(REQUEST_NAME_PREFIX),
+        email=values.pop("email") or "",
+        model=values.pop("model") or "",
+        state=state,
+        created_at=created,
+        updated_at=updated,
+        resource_version=meta.get("resourceVersion"),
+        **values,
+    )
+
+
+def _parse_k8s_time(text: str | None) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else datetime.min

@@ -1,0 +1,47 @@
+"""The functions as the Functions host indexes them: names, routes, methods, auth levels, and
+what importing function_app costs a cold start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+EXPECTED_HTTP = {
+    "health": ("health", ["GET"], "ANONYMOUS"),
+    "list_models": ("api/models", ["GET"], "ANONYMOUS"),
+    "list_featured_models": ("api/featured-models", ["GET"], "ANONYMOUS"),
+    "request_key": ("api/request-key", ["POST"], "ANONYMOUS"),
+    "request_status": ("api/requests/{request_id}", ["GET"], "ANONYMOUS"),
+    "openapi": ("api/openapi.json", ["GET"], "ANONYMOUS"),
+}
+
+
+def bindings(function_app_module):
+    out = {}
+    for function in function_app_module.app.get_functions():
+        spec = json.loads(function.get_function_json())
+        out[function.get_function_name()] = spec["bindings"]
+    return out
+
+
+def test_each_endpoint_is_its_own_http_function(function_app_module):
+    found = bindings(function_app_module)
+    for name, (route, methods, auth) in EXPECTED_HTTP.items():
+        trigger = next(b for b in found[name] if b["type"] == "httpTrigger")
+        assert (trigger["route"], trigger["methods"], trigger["authLevel"]) == (route, methods, auth), name
+
+
+def test_host_json_serves_routes_without_a_prefix():
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["version"] == "2.0"
+    assert host["extensions"]["http"]["routePrefix"] == ""
+
+
+def test_cold_start_imports_no_azure_management_sdks():
+    code = ("import sys, function_app; print(sorted(m for m in sys.modules if m.startswith("
+            "('azure.mgmt', 'azure.communication', 'azure.identity', 'kubernetes'))))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
