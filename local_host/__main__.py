@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,8 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
+    # The worker runs in the app's root (func start: the project folder; Azure: wwwroot), so
+    # relative paths in settings (CONFIG_FILE=config.yaml) resolve against it.
+    settings = os.path.abspath(args.settings) if args.settings else None  # relative to the caller's cwd
     try:
-        host = serve(args.app_dir, args.port, args.host, args.settings)
+        os.chdir(args.app_dir)
+        host = serve(".", args.port, args.host, settings)
     except (OSError, ValueError) as e:
         logging.getLogger("local_host").error("Cannot start: %s", e)
         return 1

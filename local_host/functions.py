@@ -90,17 +90,29 @@ class FunctionEntry:
         return str(self.trigger.get("authLevel", "")).lower()
 
 
-# get_functions() may be called once per app (azure-functions 1.26 raises "does not have a
-# unique function name" on a second call), so the index is kept per app instance.
 _INDEX: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _INDEX_LOCK = threading.Lock()
 
 
 def index_functions(app: FunctionRegister) -> list[FunctionEntry]:
+    """The app's functions, indexed once per app instance."""
     with _INDEX_LOCK:
         if app not in _INDEX:
-            _INDEX[app] = [_entry(fn) for fn in app.get_functions()]
+            # azure-functions 1.26 remembers the names it has seen in `functions_bindings`, so a
+            # second get_functions() (ours, or a test's before or after) raises "does not have a
+            # unique function name". Forget them on both sides: duplicates within one call are
+            # still caught.
+            _forget_names(app)
+            try:
+                _INDEX[app] = [_entry(fn) for fn in app.get_functions()]
+            finally:
+                _forget_names(app)
         return _INDEX[app]
+
+
+def _forget_names(app: FunctionRegister) -> None:
+    if hasattr(app, "functions_bindings"):
+        app.functions_bindings = None
 
 
 def _entry(fn: func.Function) -> FunctionEntry:
@@ -122,7 +134,7 @@ def invoke(entry: FunctionEntry, trigger_value: Any, reason: str = HTTP_REASON) 
     log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", entry.name, reason, invocation_id)
     kwargs = {entry.trigger["name"]: trigger_value}
     if "context" in inspect.signature(entry.user_function).parameters:
-        kwargs["context"] = InvocationContext(invocation_id, entry.name)
+        kwargs["context"] = InvocationContext(invocation_id, entry)
     started = time.perf_counter()
     try:
         result = entry.user_function(**kwargs)
@@ -144,14 +156,15 @@ def _ms_since(started: float) -> int:
 class InvocationContext(func.Context):
     """The `context` argument the worker passes to functions that declare one."""
 
-    def __init__(self, invocation_id: str, function_name: str) -> None:
+    def __init__(self, invocation_id: str, entry: FunctionEntry) -> None:
         self._invocation_id = invocation_id
-        self._function_name = function_name
+        self._function_name = entry.name
+        self._function = inspect.unwrap(entry.user_function)
         self._tls = threading.local()
 
     invocation_id = property(lambda self: self._invocation_id)
     function_name = property(lambda self: self._function_name)
-    function_directory = property(lambda self: str(Path.cwd()))
+    function_directory = property(lambda self: str(Path(inspect.getfile(self._function)).parent))
     thread_local_storage = property(lambda self: self._tls)
     trace_context = property(lambda self: None)
     retry_context = property(lambda self: None)

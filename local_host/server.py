@@ -24,6 +24,9 @@ log = logging.getLogger("local_host")
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # Keep-alive, as the real host's front end does: no new connection and thread per call.
+    protocol_version = "HTTP/1.1"
+
     def log_request(self, *args: object, **kwargs: object) -> None:
         pass  # the host logs invocations itself
 

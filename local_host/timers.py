@@ -43,6 +43,7 @@ class _Timer:
         self.schedule = resolve_schedule(str(entry.trigger.get("schedule", "")), environ, entry.name)
         try:
             self.cron = Ncrontab(self.schedule)
+            self.cron.next_after(_now())  # a schedule that never fires fails here, not in the thread
         except ValueError as e:
             raise ValueError(f"timer {entry.name}: {e}") from None
         self.run_on_startup = bool(entry.trigger.get("runOnStartup"))

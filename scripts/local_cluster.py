@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -440,23 +439,28 @@ def _wait_until(check, proc: subprocess.Popen, what: str, log_path: Path, timeou
     )
 
 
+def _get(url: str, headers: dict | None = None, context: ssl.SSLContext | None = None):
+    # No proxies: an http(s)_proxy in a developer's environment must not catch loopback calls.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    return opener.open(urllib.request.Request(url, headers=headers or {}), timeout=2)
+
+
 def _etcd_healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+        with _get(f"{url}/health") as response:
             return json.load(response).get("health") == "true"
     except (OSError, ValueError):
         return False
 
 
 def _readyz(server: str, token: str, ca_file: Path) -> bool:
-    request = urllib.request.Request(
-        f"{server}/readyz", headers={"Authorization": f"Bearer {token}"}
-    )
-    context = ssl.create_default_context(cafile=str(ca_file))
     try:
-        with urllib.request.urlopen(request, timeout=2, context=context) as response:
+        context = ssl.create_default_context(cafile=str(ca_file))
+        with _get(f"{server}/readyz", {"Authorization": f"Bearer {token}"}, context) as response:
             return response.status == 200
-    except (OSError, urllib.error.HTTPError):
+    except (OSError, ssl.SSLError):  # HTTPError and URLError are OSErrors too
         return False
 
 
@@ -603,8 +607,11 @@ def main(argv: list[str] | None = None) -> int:
         print(ensure_binary())
         return 0
     if args.command == "up":
-        ensure_binary()
-        cluster = start(args.dir, args.port)
+        try:
+            cluster = start(args.dir, args.port)
+        except RuntimeError as error:  # a known failure: the message says all, skip the traceback
+            print(f"local_cluster up: {error}", file=sys.stderr)
+            return 1
         print(cluster.kubeconfig)
         return 0
 

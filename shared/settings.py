@@ -57,6 +57,24 @@ class Settings(BaseModel):
     litellm_api_key: SecretStr | None = Field(None, alias="LITELLM_API_KEY")
     litellm_gateway_url: str | None = Field(None, alias="LITELLM_GATEWAY_URL")
 
+    litellm_timeout_seconds: float = Field(10.0, alias="LITELLM_TIMEOUT_SECONDS", gt=0)
+
+    # Azure API Management (subscriptions per request, products per team)
+    apim_subscription_id: str | None = Field(None, alias="APIM_SUBSCRIPTION_ID")
+    apim_resource_group: str | None = Field(None, alias="APIM_RESOURCE_GROUP")
+    apim_service_name: str | None = Field(None, alias="APIM_SERVICE_NAME")
+    apim_gateway_url: str | None = Field(None, alias="APIM_GATEWAY_URL")
+    arm_endpoint: str = Field("https://management.azure.com", alias="ARM_ENDPOINT")
+    azure_client_id: str | None = Field(
+        None, alias="AZURE_CLIENT_ID", description="user-assigned managed identity; empty: system-assigned"
+    )
+
+    # Email: Azure Communication Services when configured, else SMTP, else a local outbox folder
+    acs_connection_string: SecretStr | None = Field(None, alias="ACS_CONNECTION_STRING")
+    acs_endpoint: str | None = Field(None, alias="ACS_ENDPOINT")
+    acs_sender_address: str | None = Field(None, alias="ACS_SENDER_ADDRESS")
+    email_outbox_dir: Path = Field(Path("outbox"), alias="EMAIL_OUTBOX_DIR")
+
     # SMTP
     smtp_host: str | None = Field(None, alias="SMTP_HOST")
     smtp_port: int = Field(587, alias="SMTP_PORT", ge=1, le=65535)
@@ -67,6 +85,9 @@ class Settings(BaseModel):
         "starttls", validation_alias=AliasChoices("SMTP_USE_TLS", "smtp_use_tls")
     )
 
+    smtp_verify_tls: bool = Field(True, alias="SMTP_VERIFY_TLS")
+    smtp_timeout_seconds: float = Field(15.0, alias="SMTP_TIMEOUT_SECONDS", gt=0)
+
     # Admin API
     admin_username: str = Field("admin", alias="ADMIN_USERNAME")
     admin_password: SecretStr | None = Field(None, alias="ADMIN_PASSWORD")
@@ -75,7 +96,9 @@ class Settings(BaseModel):
 
     _blank = field_validator(
         "kubeconfig", "ca_bundle", "litellm_api_key", "litellm_gateway_url", "smtp_host",
-        "smtp_user", "smtp_password", "admin_password", mode="before",
+        "smtp_user", "smtp_password", "admin_password", "apim_subscription_id", "apim_resource_group",
+        "apim_service_name", "apim_gateway_url", "azure_client_id", "acs_connection_string",
+        "acs_endpoint", "acs_sender_address", mode="before",
     )(_blank_to_none)
 
     @field_validator("smtp_use_tls", mode="before")

@@ -66,12 +66,14 @@ app.register_functions(bp)
 @pytest.fixture(autouse=True)
 def isolated_process_state():
     """Each test's settings and function_app module vanish after it (the host mutates both)."""
-    environ, path = dict(os.environ), list(sys.path)
+    environ, path, module = dict(os.environ), list(sys.path), sys.modules.get("function_app")
     yield
     os.environ.clear()
     os.environ.update(environ)
     sys.path[:] = path
     sys.modules.pop("function_app", None)
+    if module is not None:  # another test's (e.g. the real app's) module comes back
+        sys.modules["function_app"] = module
 
 
 @pytest.fixture
@@ -161,6 +163,8 @@ def test_route_templates(tmp_path):
         app.function_name("n")(app.route(route="n/{n:int:min(3)}")(lambda req: params(req)))
         app.function_name("w")(app.route(route="w/{word:alpha}")(lambda req: params(req)))
         app.function_name("files")(app.route(route="files/{*path}")(lambda req: params(req)))
+        app.function_name("code")(app.route(route=r"code/{c:regex(^[a-z]{{2}}\\d$)}")(lambda req: params(req)))
+        app.function_name("lang")(app.route(route="docs/{lang=en}")(lambda req: params(req)))
     '''))
     client = Client(build_wsgi_app(load_function_app(tmp_path), "", []))
     assert client.get("/deployments/gpt-4o/chat/fast").get_json() == {"deployment-id": "gpt-4o", "mode": "fast"}
@@ -172,6 +176,33 @@ def test_route_templates(tmp_path):
     assert client.get("/w/a1").status_code == 404
     assert client.get("/files/a/b/c.txt").get_json() == {"path": "a/b/c.txt"}
     assert client.get("/files").get_json() == {}
+    assert client.get("/code/ab1").get_json() == {"c": "ab1"}
+    assert client.get("/code/abc").status_code == 404
+    assert client.get("/docs").get_json() == {"lang": "en"}
+    assert client.get("/docs/de").get_json() == {"lang": "de"}
+
+
+def test_get_functions_still_works_around_the_host(app_dir):
+    app = load_function_app(app_dir)
+    assert len(app.get_functions()) == 4  # e.g. a test reading the bindings first
+    client = Client(build_wsgi_app(app, "", []))
+    assert client.get("/items/1").status_code == 200
+    assert len(app.get_functions()) == 4  # ... or after the host indexed them
+
+
+def test_a_second_app_replaces_the_first(app_dir, tmp_path_factory):
+    other = tmp_path_factory.mktemp("other")
+    (other / "function_app.py").write_text(textwrap.dedent('''
+        import azure.functions as func
+        app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+        @app.route(route="items/{id}")
+        def other(req):
+            return func.HttpResponse("other app")
+    '''))
+    first, second = load_function_app(app_dir), load_function_app(other)
+    assert first is not second
+    assert Client(build_wsgi_app(second, "", [])).get("/items/1").get_data() == b"other app"
 
 
 # --- CORS ---------------------------------------------------------------------------------
@@ -235,6 +266,8 @@ def test_unset_schedule_setting_fails_clearly(app_dir):
     app = load_function_app(app_dir)
     with pytest.raises(ValueError, match="TEST_SCHEDULE"):
         TimerScheduler(app, environ={})
+    with pytest.raises(ValueError, match="timer tick: invalid NCRONTAB expression '0 0 25 . . .'"):
+        TimerScheduler(app, environ={"TEST_SCHEDULE": "0 0 25 * * *"})
 
 
 # --- serve(): real HTTP and timers --------------------------------------------------------

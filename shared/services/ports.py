@@ -6,8 +6,10 @@ cases know only this module and the domain, so they run the same against real se
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+import dataclasses
+from typing import Iterable, Mapping, Protocol
 
+from shared.config import CatalogModel
 from shared.domain.request import KeyRequest, State
 
 
@@ -46,3 +48,75 @@ class RequestStore(Protocol):
     def list(self, states: Iterable[State] = (), limit: int | None = None,
              continue_token: str | None = None) -> tuple[list[KeyRequest], str | None]:
         """Requests in the given states (all when empty), a page at a time."""
+
+
+# --- provisioning and notification -----------------------------------------------------------
+
+
+class BackendError(Exception):
+    """A provisioning or email backend failed. Messages never contain a key or a password."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TransientError(BackendError):
+    """Timeout, connection error, 5xx, 429: try again later (after `retry_after` seconds if given)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(BackendError):
+    """The backend refused for good (4xx, invalid recipient...): retrying will not help."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """What a backend issued: `secrets` go to the Secret's data only, `references` (key alias,
+    subscription id...) to annotations, so an operator can find them in the backend."""
+
+    secrets: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    references: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never print secret values
+        return f"Credentials(secrets={sorted(self.secrets)}, references={dict(self.references)})"
+
+
+class Provisioner(Protocol):
+    """Issues and revokes access for one backend (LiteLLM, APIM). Every method is idempotent."""
+
+    backend: str
+
+    def prepare(self, request: KeyRequest, model: CatalogModel) -> Credentials:
+        """No I/O: the values chosen before calling the backend (a key chosen by us, deterministic
+        ids). The processor records them on the Secret first, so a retry after a crash reuses them
+        and never creates a second key."""
+
+    def issue(self, request: KeyRequest, model: CatalogModel, prepared: Credentials) -> Credentials:
+        """Create the access (or find it already created from `prepared`); return everything to record."""
+
+    def revoke(self, request: KeyRequest, recorded: Credentials) -> None:
+        """Remove the access; already gone counts as success."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Email:
+    to: tuple[str, ...]
+    subject: str
+    text: str
+    html: str
+    # Stable per message (e.g. "<request id>-approved"): lets a backend drop a re-send after a crash.
+    idempotency_key: str
+
+    def __repr__(self) -> str:  # bodies may carry a key
+        return f"Email(to={self.to}, subject={self.subject!r}, idempotency_key={self.idempotency_key!r})"
+
+
+class Notifier(Protocol):
+    """Delivers one email (ACS, SMTP, or a local outbox folder)."""
+
+    def send(self, email: Email) -> None:
+        """Raise TransientError to be retried later, PermanentError when retrying cannot help."""

@@ -61,13 +61,15 @@ class KubernetesRequestStore:
         deadline = time.monotonic() + 5.0
         wait = 0.01
         while time.monotonic() < deadline:
+            try:  # the common case, a first request for the pair: one create settles it
+                self._create(_claim_body(claim_name, request))
+            except Conflict:
+                pass
+            else:
+                return self._create_request(request, claim_name), True
             claim = self._read(claim_name)
             if claim is None:
-                try:
-                    self._create(_claim_body(claim_name, request))
-                except Conflict:
-                    continue  # another caller claimed it first: read theirs
-                return self._create_request(request, claim_name), True
+                continue  # deleted since our create failed: try again
 
             meta = claim["metadata"]
             existing_id = (meta.get("annotations") or {}).get(CLAIM_REQUEST_ANNOTATION, "")
