@@ -1,7 +1,7 @@
 """The Azure Functions app: builds the FunctionApp and registers the blueprints.
 
 Each HTTP endpoint is its own function (so the Portal shows each one's invocations and
-failures). Settings and config.yaml are validated here, at start-up: a bad value stops the app
+failures); the approval timer runs the processor every APPROVAL_SCHEDULE. Settings and config.yaml are validated here, at start-up: a bad value stops the app
 with the file, the field and the reason.
 """
 
@@ -10,9 +10,11 @@ import azure.functions as func
 from shared import context
 from shared.http.openapi import bp as openapi
 from shared.http.public import bp as public
+from shared.timer import bp as timer
 
 context.load()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(public)
 app.register_functions(openapi)
+app.register_functions(timer)

@@ -6,8 +6,8 @@ Workspaces), and a fake API server would only check our own assumptions. No regi
 from our machines ships a kube-apiserver binary, but Debian's `kubernetes` *source* package is the
 full upstream tree with vendor/, which builds offline with Debian's Go. So this script
 
-* `build`  - builds kube-apiserver once from that source package and caches the binary
-             (see /work/shared/REAL-COMPONENTS.md, "Kubernetes: a REAL kube-apiserver + etcd");
+* `build`  - builds kube-apiserver once from that source package (about 4 min on 2 cores, with a
+             fix to its vendored reflect2 without which it crashes) and caches the binary;
 * `up`     - starts etcd and kube-apiserver on free loopback ports, detached, and writes a
              kubeconfig (token auth, group system:masters) into the given directory;
 * `down`   - stops a cluster started by `up`;
@@ -219,7 +219,7 @@ def _go_hiter_layout(map_go: Path) -> list[tuple[str, str]]:
         if not line:
             continue
         name, go_type = line.split(None, 1)
-        kind = "ptr" if go_type in ("unsafe.Pointer",) or go_type.startswith("*") else go_type
+        kind = "ptr" if go_type == "unsafe.Pointer" or go_type.startswith("*") else go_type
         layout.append((name, kind))
     return layout
 
@@ -273,7 +273,11 @@ def _kube_version_env(source_version: str) -> dict[str, str]:
 
 
 def _build(root: Path) -> Path:
+    """Build kube-apiserver into the cache. The caller holds the build lock."""
     started = time.monotonic()
+    for stale in root.glob("build-*"):  # left by a build that was killed; nobody else builds now
+        log(f"removing stale build tree {stale}")
+        shutil.rmtree(stale, ignore_errors=True)
     ensure_apt_packages()
     # Build next to the cache (same filesystem) and remove the ~1.9 GB tree whatever happens.
     build_dir = Path(tempfile.mkdtemp(prefix="build-", dir=root))
@@ -369,7 +373,7 @@ def _is_ours(pid: int, workdir: Path) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return state != "Z" and str(workdir).encode() in raw
+    return state != "Z" and f"{workdir}/".encode() in raw
 
 
 def _terminate(pid: int, proc: subprocess.Popen | None, workdir: Path) -> None:

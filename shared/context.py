@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 
-from shared.config import AppConfig, load_config
+from shared.config import AppConfig, ConfigError, WebhookRule, load_config
 from shared.services.ports import RequestStore
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 @functools.cache
@@ -33,8 +34,27 @@ def load() -> None:
     """Validate settings and config.yaml now; raise SettingsError or ConfigError if either is bad."""
     logging.getLogger("shared").setLevel(settings().log_level)
     loaded = config()
+    _check_config_against_settings(loaded, settings())
     log.info("config %s: %d models, %d rules", settings().config_file, len(loaded.models),
              len(loaded.approval.rules))
+
+
+def _check_config_against_settings(loaded: AppConfig, current: Settings) -> None:
+    """What config.yaml needs from the app settings must be there, or the app does not start."""
+    problems = []
+    for number, rule in enumerate(loaded.approval.rules):
+        if isinstance(rule, WebhookRule) and not os.environ.get(rule.secret_setting, "").strip():
+            problems.append(f"approval.rules[{number}]: the webhook's secret setting {rule.secret_setting} is not set")
+    apim_missing = [name for name, value in (("APIM_SUBSCRIPTION_ID", current.apim_subscription_id),
+                                             ("APIM_RESOURCE_GROUP", current.apim_resource_group),
+                                             ("APIM_SERVICE_NAME", current.apim_service_name)) if not value]
+    if apim_missing:
+        for index, model in enumerate(loaded.models):
+            if "apim" in model.provisioning.backends:
+                problems.append(f"models[{index}] ({model.id}) uses backend apim, but {', '.join(apim_missing)} "
+                                "is not set")
+    if problems:
+        raise ConfigError("\n".join(f"{current.config_file}: {problem}" for problem in problems))
 
 
 def request_store() -> RequestStore:
@@ -52,7 +72,42 @@ def _request_store() -> RequestStore:
                                   current.kubernetes_timeout_seconds)
 
 
+def processor():
+    with _lock:
+        return _processor()
+
+
+@functools.cache
+def _processor():
+    """The approval processor with every adapter this deployment configures, built once."""
+    from shared.adapters.email_factory import notifier_from_settings
+    from shared.adapters.litellm import LiteLLMProvisioner
+    from shared.adapters.webhook import WebhookApprover
+    from shared.services.processor import Processor, ProcessorOptions
+
+    current = settings()
+    provisioners = {"litellm": LiteLLMProvisioner(
+        current.litellm_base_url,
+        current.litellm_api_key.get_secret_value() if current.litellm_api_key else "",
+        timeout_seconds=current.litellm_timeout_seconds, ca_bundle=current.ca_bundle)}
+    if current.apim_subscription_id and current.apim_resource_group and current.apim_service_name:
+        from shared.adapters.apim import ApimProvisioner
+
+        provisioners["apim"] = ApimProvisioner.from_settings(current)
+    options = ProcessorOptions(
+        concurrency=current.processor_concurrency,
+        time_budget_seconds=current.processor_time_budget_seconds,
+        lease_seconds=current.processor_lease_seconds,
+        max_attempts=current.processor_max_attempts,
+        backoff_base_seconds=current.processor_backoff_seconds,
+        litellm_base_url=current.litellm_gateway_url or current.litellm_base_url,
+        apim_gateway_url=current.apim_gateway_url,
+    )
+    return Processor(request_store(), config(), provisioners, notifier_from_settings(current),
+                     WebhookApprover(current.ca_bundle), options)
+
+
 def reset() -> None:
     """Forget everything built so far (tests change the environment between cases)."""
-    for cached in (settings, config, _request_store):
+    for cached in (settings, config, _request_store, _processor):
         cached.cache_clear()

@@ -48,6 +48,15 @@ class Settings(BaseModel):
     # Timer
     approval_schedule: str = Field("*/30 * * * * *", alias="APPROVAL_SCHEDULE")
 
+    # The processor (timer)
+    processor_concurrency: int = Field(8, alias="PROCESSOR_CONCURRENCY", ge=1, le=64)
+    processor_time_budget_seconds: float = Field(
+        240.0, alias="PROCESSOR_TIME_BUDGET_SECONDS", gt=0,
+        description="stop taking new work after this long; keep it below host.json functionTimeout")
+    processor_max_attempts: int = Field(6, alias="PROCESSOR_MAX_ATTEMPTS", ge=1)
+    processor_lease_seconds: float = Field(120.0, alias="PROCESSOR_LEASE_SECONDS", gt=0)
+    processor_backoff_seconds: float = Field(10.0, alias="PROCESSOR_BACKOFF_SECONDS", gt=0)
+
     # Outbound TLS: an extra CA bundle (PEM) trusted by every outbound client but Kubernetes,
     # for corporate proxies and private CAs, as the earlier service's /certs mount allowed.
     ca_bundle: Path | None = Field(None, alias="CA_BUNDLE")

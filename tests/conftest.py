@@ -75,6 +75,14 @@ def function_app_module():
 
 
 @pytest.fixture(scope="session")
+def functions(function_app_module) -> dict:
+    """The app's functions as the host indexes them: name -> entry (bindings, user function)."""
+    from local_host.functions import index_functions
+
+    return {entry.name: entry for entry in index_functions(function_app_module.app)}
+
+
+@pytest.fixture(scope="session")
 def wsgi_app(function_app_module):
     from local_host.wsgi import build_wsgi_app
 
@@ -91,3 +99,60 @@ def http(app_env, wsgi_app):
 
 def secret_names(core_api, namespace: str, selector: str) -> list[str]:
     return sorted(s.metadata.name for s in core_api.list_namespaced_secret(namespace, label_selector=selector).items)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Mailbox:
+    """What a real SMTP server (aiosmtpd) received, parsed."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.messages: list = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
+        from email import policy
+        from email.parser import BytesParser
+
+        message = BytesParser(policy=policy.default).parsebytes(envelope.original_content or envelope.content)
+        with self._lock:
+            self.messages.append((list(envelope.rcpt_tos), message))
+        return "250 OK"
+
+    def to(self, address: str) -> list:
+        with self._lock:
+            return [m for rcpts, m in self.messages if address in rcpts]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.messages.clear()
+
+
+@pytest.fixture(scope="session")
+def smtp_server():
+    """A real SMTP server on loopback (plain, as a local relay; TLS and AUTH are tested with the notifier)."""
+    from aiosmtpd.controller import Controller
+
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    controller.mailbox = mailbox
+    yield controller
+    controller.stop()
+
+
+@pytest.fixture(scope="session")
+def litellm_standin():
+    from tests.standins.litellm_server import LiteLLMStandin
+
+    standin = LiteLLMStandin().start()
+    yield standin
+    standin.stop()

@@ -19,18 +19,10 @@ EXPECTED_HTTP = {
 }
 
 
-def bindings(function_app_module):
-    out = {}
-    for function in function_app_module.app.get_functions():
-        spec = json.loads(function.get_function_json())
-        out[function.get_function_name()] = spec["bindings"]
-    return out
-
-
-def test_each_endpoint_is_its_own_http_function(function_app_module):
-    found = bindings(function_app_module)
+def test_each_endpoint_is_its_own_http_function(functions):
     for name, (route, methods, auth) in EXPECTED_HTTP.items():
-        trigger = next(b for b in found[name] if b["type"] == "httpTrigger")
+        trigger = functions[name].trigger
+        assert trigger["type"] == "httpTrigger", name
         assert (trigger["route"], trigger["methods"], trigger["authLevel"]) == (route, methods, auth), name
 
 

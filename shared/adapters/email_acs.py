@@ -3,8 +3,8 @@
 The SDK (and azure-identity) are imported on first send, never at import time, to keep them off
 the Functions cold start. Each message is sent with an operation id derived from its idempotency
 key, so a re-send after a crash or a timeout is the same ACS operation rather than a second email.
-The SDK's own retries are off: a 429's Retry-After can be minutes, which must not stall a timer
-tick; the processor retries on its own schedule instead, from the `retry_after` reported here.
+The SDK's own retries are off, and its poller too: a Retry-After can be many seconds, which must not
+stall a timer tick; the processor retries on its own schedule, from the `retry_after` reported here.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from shared.adapters.azure_clients import default_credential, trust_bundle
 from shared.services.ports import BackendError, Email, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
+# The version this adapter and its stand-in speak (the SDK 1.1.0 default), for the send and the poll.
+API_VERSION = "2025-09-01"
 # uuid5 namespace of this app's email operation ids (any fixed UUID works; it must never change).
 OPERATION_NAMESPACE = uuid.UUID("3f0a6c0e-5d0b-4f43-9b7e-6a1f2c9d8e11")
 
@@ -55,8 +58,8 @@ def _retry_after(headers: Any) -> float | None:
 class AcsNotifier:
     """A `Notifier` for ACS Email. Authenticates with a connection string, or an endpoint and an
     access key, or an endpoint and `DefaultAzureCredential` (managed identity in Azure; pass
-    `managed_identity_client_id` for a user-assigned one). `ca_bundle` replaces the default trust
-    store for ACS calls (requests' `verify` semantics), for a TLS-inspecting proxy's CA."""
+    `managed_identity_client_id` for a user-assigned one). `ca_bundle` is trusted on top of the
+    public CAs (a private CA, a TLS-inspecting proxy)."""
 
     def __init__(self, sender: str, *, connection_string: str | None = None, endpoint: str | None = None,
                  access_key: str | None = None, managed_identity_client_id: str | None = None,
@@ -94,20 +97,18 @@ class AcsNotifier:
     def _build_client(self) -> Any:
         from azure.communication.email import EmailClient
 
-        options: dict[str, Any] = {"retry_total": 0, "connection_timeout": min(self.timeout, 10.0),
-                                   "read_timeout": self.timeout}
-        if self._ca_bundle is not None:
-            options["connection_verify"] = str(self._ca_bundle)
+        options: dict[str, Any] = {
+            "api_version": API_VERSION, "retry_total": 0,
+            "connection_timeout": min(self.timeout, 10.0), "read_timeout": self.timeout,
+            "connection_verify": trust_bundle(str(self._ca_bundle)) if self._ca_bundle else True,
+        }
         if self._connection_string:
             return EmailClient.from_connection_string(self._connection_string, **options)
         if self._access_key:
             from azure.core.credentials import AzureKeyCredential
 
             return EmailClient(self.endpoint, AzureKeyCredential(self._access_key), **options)
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential(managed_identity_client_id=self._client_id)
-        return EmailClient(self.endpoint, credential, **options)
+        return EmailClient(self.endpoint, default_credential(self._client_id), **options)
 
     def send(self, email: Email) -> None:
         from azure.core.exceptions import AzureError, ResourceExistsError
@@ -121,21 +122,45 @@ class AcsNotifier:
             "userEngagementTrackingDisabled": True,  # no tracking pixel or rewritten links around a key
         }
         op_id = operation_id(email.idempotency_key)
+        deadline = time.monotonic() + self.timeout
         try:
-            poller = self._email_client().begin_send(message, operation_id=op_id,
-                                                     polling_interval=self.polling_interval)
-            poller.result(timeout=self.timeout)
+            client = self._email_client()
+            # polling=False: the SDK's poller sleeps out the 202's Retry-After in a thread that
+            # outlives any timeout; polling here keeps the whole send within `timeout`.
+            client.begin_send(message, operation_id=op_id, polling=False).result()
+            status = self._poll(client, op_id, deadline)
         except ResourceExistsError:
             # ACS already holds an operation with this id: this message was accepted before.
             log.info("email %s: ACS already has operation %s", email.idempotency_key, op_id)
             return
         except AzureError as exc:
             raise self._map(exc, email.idempotency_key) from None
-        if not poller.done():
+        except ValueError as exc:  # a status answer that is not JSON
+            raise TransientError(f"ACS {self.endpoint}: unexpected answer to the status poll: {exc}") from None
+        if status.get("status") != "Succeeded":
             raise TransientError(f"ACS accepted email {email.idempotency_key} but did not confirm it "
                                  f"within {self.timeout:g} s; a re-send reuses operation {op_id}")
         log.info("email %s sent through ACS %s as operation %s to %d recipient(s)",
                  email.idempotency_key, self.endpoint, op_id, len(email.to))
+
+    def _poll(self, client: Any, op_id: str, deadline: float) -> dict[str, Any]:
+        """The operation's status once final, or its last status when the deadline comes first."""
+        from azure.core.rest import HttpRequest
+
+        while True:
+            response = client.send_request(HttpRequest(
+                "GET", f"/emails/operations/{op_id}", params={"api-version": API_VERSION}))
+            response.raise_for_status()
+            status = response.json()
+            if status.get("status") in ("Succeeded", "Failed", "Canceled"):
+                if status["status"] != "Succeeded":
+                    error = status.get("error") or {}
+                    raise PermanentError(f"ACS {self.endpoint} {status['status'].lower()} operation {op_id}: "
+                                         f"{error.get('code', '')} {error.get('message', '')}".strip())
+                return status
+            if time.monotonic() + self.polling_interval >= deadline:
+                return status
+            time.sleep(self.polling_interval)
 
     def _map(self, exc: Any, key: str) -> BackendError:
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
@@ -147,10 +172,10 @@ class AcsNotifier:
         where = f"ACS {self.endpoint}"
         if isinstance(exc, ClientAuthenticationError) and status is None:
             return TransientError(f"{where}: could not get a token ({self.auth}): {exc.message}")
-        if not isinstance(exc, HttpResponseError) or status is None:  # connection, timeout, TLS
-            return TransientError(f"{where} unreachable: {type(exc).__name__}: {exc.message}")
-        if status < 300:  # the status poll answered, and the operation itself failed
-            return PermanentError(f"{where} failed email {key}: {detail or 'operation failed'}")
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc.message):  # requests wraps ssl's error in text only
+            return TransientError(f"{where}: certificate not trusted; set CA_BUNDLE to its CA")
+        if not isinstance(exc, HttpResponseError) or status is None:  # connection, timeout
+            return TransientError(f"{where} did not answer: {type(exc).__name__}: {exc.message}")
         if status in (401, 403):
             # Not the message's fault: the credentials or the role may be fixed before the next try.
             return TransientError(f"ACS rejected the credentials ({status}, {self.auth}) at "

@@ -12,13 +12,13 @@ import hashlib
 import logging
 import re
 import smtplib
-import socket
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import Literal
 
+from shared.adapters.tls import ssl_context
 from shared.services.ports import Email, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,8 @@ def build_message(email: Email, sender: str) -> EmailMessage:
 
 
 def tls_context(verify: bool, ca_bundle: Path | None) -> ssl.SSLContext:
-    """The system's trust store plus `ca_bundle` (an extra, private CA); no checks only if verify=False."""
-    context = ssl.create_default_context()
-    if ca_bundle is not None:
-        context.load_verify_locations(cafile=str(ca_bundle))
+    """The public CAs plus `ca_bundle` (an extra, private CA); no checks only if verify=False."""
+    context = ssl_context(ca_bundle)
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -123,9 +121,10 @@ class SmtpNotifier:
         except ssl.SSLCertVerificationError as exc:
             raise TransientError(f"{self._where}: certificate not trusted ({exc.verify_message}); "
                                  "set CA_BUNDLE to its CA, or SMTP_VERIFY_TLS=false for a test relay") from None
-        except (socket.timeout, TimeoutError):
-            raise TransientError(f"{self._where} did not answer within {self.timeout:g} s") from None
-        except (smtplib.SMTPException, OSError) as exc:  # refused, reset, DNS, TLS handshake...
+        except (smtplib.SMTPException, OSError) as exc:  # refused, reset, DNS, TLS handshake, timeout
+            # smtplib reports a read timeout as SMTPServerDisconnected, with the timeout as context.
+            if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+                raise TransientError(f"{self._where} did not answer within {self.timeout:g} s") from None
             raise TransientError(f"{self._where} unreachable: {type(exc).__name__}: {exc}") from None
         if refused:
             # Others got it: a re-send would duplicate theirs, so report the refusals and move on.

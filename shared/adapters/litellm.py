@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import ssl
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import certifi
 import httpx
 
 from shared.adapters.http_retry import Retryable, parse_retry_after, with_retries
+from shared.adapters.tls import ssl_context
 from shared.config import CatalogModel
 from shared.domain.request import KeyRequest
 from shared.services.ports import Credentials, PermanentError, TransientError
@@ -41,14 +41,6 @@ def key_alias(request: KeyRequest) -> str:
 def token_id(key: str) -> str:
     """LiteLLM's id of a key (`hash_token`): what it stores, and accepts wherever a key is asked for."""
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def ssl_context(ca_bundle: Path | str | None) -> ssl.SSLContext:
-    """The usual public CAs plus the operator's extra bundle (a private CA, a corporate proxy)."""
-    context = ssl.create_default_context(cafile=certifi.where())
-    if ca_bundle:
-        context.load_verify_locations(cafile=str(ca_bundle))
-    return context
 
 
 class LiteLLMProvisioner:
@@ -101,16 +93,16 @@ class LiteLLMProvisioner:
                 raise PermanentError(f"LiteLLM refused key {alias}: {message}")
             # A retry after a crash (or a lost answer): the alias is taken; is it by our key?
             info = self._call("GET", "/key/info", key, params={"key": token_id(key)}, accept=(404,))
-            if info.status_code == 404 or _json(info).get("info", {}).get("key_alias") != alias:
+            if info.status_code == 404 or (_json(info).get("info") or {}).get("key_alias") != alias:
                 raise PermanentError(f"LiteLLM key alias {alias} belongs to another key")
             log.info("LiteLLM key %s already issued (request %s)", alias, request.id)
-            expires = _json(info)["info"].get("expires")
+            expires = (_json(info).get("info") or {}).get("expires")
         else:
             log.info("LiteLLM key %s issued for models %s (request %s)", alias, body["models"], request.id)
             expires = _json(response).get("expires")
         references = {REF_ALIAS: alias}
         if expires:
-            references[REF_EXPIRES] = str(expires)
+            references[REF_EXPIRES] = _iso(expires)
         return Credentials(secrets={SECRET_KEY: key}, references=references)
 
     def revoke(self, request: KeyRequest, recorded: Credentials) -> None:
@@ -203,3 +195,11 @@ def _json(response: httpx.Response) -> dict[str, Any]:
         raise TransientError(f"LiteLLM {response.request.url.path} answered {response.status_code} "
                              "without JSON") from None
     return body if isinstance(body, dict) else {}
+
+
+def _iso(value: Any) -> str:
+    """LiteLLM's `expires` in one ISO 8601 form, whichever endpoint reported it."""
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        return str(value)

@@ -12,6 +12,7 @@ import enum
 import re
 import uuid
 from datetime import datetime, timezone
+from typing import Mapping
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -94,6 +95,17 @@ class KeyRequest:
     attempts: int = 0
     last_error: str | None = None
     next_attempt_at: datetime | None = None
+    # steps done in the current state, name -> when ("litellm-issued", "notified-approved"...)
+    steps: Mapping[str, datetime] = dataclasses.field(default_factory=dict)
+    # the state whose work is all done; the timer's sweeps skip a request whose state is settled
+    settled: State | None = None
+    # who is working on it until when, so two processors never call a backend for it at once
+    lease_holder: str | None = None
+    lease_until: datetime | None = None
+    # identifiers of issued access in the backends (key alias, subscription id): not secret
+    references: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # issued keys: kept only in the Secret's data, never printed
+    secrets: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
     # the store's optimistic-concurrency token; None for a request not yet stored
     resource_version: str | None = None
 
@@ -106,6 +118,13 @@ class KeyRequest:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
+
+    def done(self, step: str) -> bool:
+        return step in self.steps
+
+    def leased_by_other(self, holder: str, now: datetime) -> bool:
+        return (self.lease_holder not in (None, holder) and self.lease_until is not None
+                and self.lease_until > now)
 
     def with_changes(self, now: datetime | None = None, **changes: object) -> "KeyRequest":
         return dataclasses.replace(self, updated_at=now or utcnow(), **changes)

@@ -75,7 +75,7 @@ def subject(kind: str, notifications: Notifications, **values: object) -> str:
     fields = _Keep(product=notifications.product_name, **{k: str(v) for k, v in values.items()})
     try:
         text = pattern.format_map(fields)
-    except (ValueError, IndexError, AttributeError):  # a stray brace in config: send it literally
+    except (ValueError, LookupError, AttributeError, TypeError):  # a stray brace in config: send it literally
         text = pattern
     # CR/LF (and other controls) would end the header; collapse them with surrounding spaces.
     flat = " ".join(_CONTROL.sub(" ", text).split())

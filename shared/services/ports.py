@@ -46,8 +46,9 @@ class RequestStore(Protocol):
         """Write the request's labels and annotations; Conflict if its resource_version is stale."""
 
     def list(self, states: Iterable[State] = (), limit: int | None = None,
-             continue_token: str | None = None) -> tuple[list[KeyRequest], str | None]:
-        """Requests in the given states (all when empty), a page at a time."""
+             continue_token: str | None = None, unsettled_only: bool = False) -> tuple[list[KeyRequest], str | None]:
+        """Requests in the given states (all when empty), a page at a time; `unsettled_only`
+        (with one state) leaves out those whose work for that state is done."""
 
 
 # --- provisioning and notification -----------------------------------------------------------

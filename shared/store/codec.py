@@ -11,6 +11,8 @@ Contract (compatible with the earlier service's runbook):
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +24,7 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 REQUEST_COMPONENT = "llm-key-request"
 CLAIM_COMPONENT = "llm-key-request-claim"
 STATE_LABEL = "request-state"
+SETTLED_LABEL = "request-settled"
 PREFIX = "llm-key-requestor/"
 
 REQUEST_NAME_PREFIX = "llm-key-request-"
@@ -43,8 +46,14 @@ def request_name(request_id: str) -> str:
     return REQUEST_NAME_PREFIX + request_id
 
 
-def request_selector(states: tuple[State, ...] = ()) -> str:
+def request_selector(states: tuple[State, ...] = (), unsettled_only: bool = False) -> str:
+    """Requests in `states`; `unsettled_only` (one state) leaves out those whose work is done.
+    (`!=` also matches objects without the label, i.e. never settled.)"""
     selector = f"{APP_LABEL}={APP_NAME},{COMPONENT_LABEL}={REQUEST_COMPONENT}"
+    if unsettled_only:
+        if len(states) != 1:
+            raise ValueError("unsettled_only needs exactly one state")
+        selector += f",{SETTLED_LABEL}!={states[0].value}"
     if len(states) == 1:
         selector += f",{STATE_LABEL}={states[0].value}"
     elif states:
@@ -62,28 +71,39 @@ def annotations_of(request: KeyRequest) -> dict[str, str | None]:
         out[PREFIX + key] = value.isoformat() if value else None
     for field, key in _INTS.items():
         out[PREFIX + key] = str(getattr(request, field))
+    out[PREFIX + "lease-holder"] = request.lease_holder
+    out[PREFIX + "lease-until"] = request.lease_until.isoformat() if request.lease_until else None
+    steps = {name: when.isoformat() for name, when in sorted(request.steps.items())}
+    out[PREFIX + "steps"] = json.dumps(steps) if steps else None
+    out[PREFIX + "references"] = json.dumps(dict(sorted(request.references.items()))) if request.references else None
     return out
 
 
 def labels_of(request: KeyRequest) -> dict[str, str]:
-    return {APP_LABEL: APP_NAME, COMPONENT_LABEL: REQUEST_COMPONENT, STATE_LABEL: request.state.value}
+    labels = {APP_LABEL: APP_NAME, COMPONENT_LABEL: REQUEST_COMPONENT, STATE_LABEL: request.state.value}
+    if request.settled is not None:
+        labels[SETTLED_LABEL] = request.settled.value
+    return labels
 
 
-def to_secret(request: KeyRequest) -> dict[str, Any]:
-    annotations = {k: v for k, v in annotations_of(request).items() if v is not None}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {"name": request_name(request.id), "labels": labels_of(request),
-                     "annotations": annotations},
-    }
+def to_secret(request: KeyRequest, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Secret for `request`; with `base` (the object as stored), labels and annotations that
+    are not ours (an operator's notes, kubectl's bookkeeping) are kept as they are."""
+    meta = (base or {}).get("metadata") or {}
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in _OWN_LABELS}
+    labels.update(labels_of(request))
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(PREFIX)}
+    annotations.update({k: v for k, v in annotations_of(request).items() if v is not None})
+    metadata: dict[str, Any] = {"name": request_name(request.id), "labels": labels, "annotations": annotations}
+    if request.resource_version:
+        metadata["resourceVersion"] = request.resource_version
+    secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata}
+    if request.secrets:
+        secret["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in request.secrets.items()}
+    return secret
 
 
-def to_patch(request: KeyRequest) -> dict[str, Any]:
-    """A merge patch of labels and annotations, guarded by the request's resourceVersion."""
-    return {"metadata": {"resourceVersion": request.resource_version,
-                         "labels": labels_of(request), "annotations": annotations_of(request)}}
+_OWN_LABELS = {APP_LABEL, COMPONENT_LABEL, STATE_LABEL, SETTLED_LABEL}
 
 
 def from_secret(secret: dict[str, Any]) -> KeyRequest:
@@ -97,8 +117,16 @@ def from_secret(secret: dict[str, Any]) -> KeyRequest:
     except ValueError:
         known = ", ".join(s.value for s in State)
         raise InvalidRecord(f"{name}: label {STATE_LABEL}={raw_state!r} is not one of {known}") from None
-    values: dict[str, Any] = {}
+    raw_settled = labels.get(SETTLED_LABEL)
+    values: dict[str, Any] = {"settled": State(raw_settled) if raw_settled in _STATE_VALUES else None}
     try:
+        values["lease_holder"] = notes.get(PREFIX + "lease-holder")
+        until = notes.get(PREFIX + "lease-until")
+        values["lease_until"] = datetime.fromisoformat(until) if until else None
+        values["steps"] = {k: datetime.fromisoformat(v) for k, v in
+                           json.loads(notes.get(PREFIX + "steps") or "{}").items()}
+        values["references"] = dict(json.loads(notes.get(PREFIX + "references") or "{}"))
+        values["secrets"] = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         for field, key in _TEXT.items():
             values[field] = notes.get(PREFIX + key)
         for field, key in _TIMES.items():
@@ -106,8 +134,8 @@ def from_secret(secret: dict[str, Any]) -> KeyRequest:
             values[field] = datetime.fromisoformat(text) if text else None
         for field, key in _INTS.items():
             values[field] = int(notes.get(PREFIX + key) or 0)
-    except ValueError as exc:
-        raise InvalidRecord(f"{name}: unreadable annotation: {exc}") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidRecord(f"{name}: unreadable annotation ({type(exc).__name__})") from None
     created = values.pop("created_at") or _parse_k8s_time(meta.get("creationTimestamp"))
     updated = values.pop("updated_at") or created
     return KeyRequest(
@@ -120,6 +148,9 @@ def from_secret(secret: dict[str, Any]) -> KeyRequest:
         resource_version=meta.get("resourceVersion"),
         **values,
     )
+
+
+_STATE_VALUES = {s.value for s in State}
 
 
 def _parse_k8s_time(text: str | None) -> datetime:

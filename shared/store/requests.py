@@ -90,14 +90,26 @@ class KubernetesRequestStore:
         raise StoreUnavailable("could not settle a concurrent request for this email and model; try again")
 
     def update(self, request: KeyRequest) -> KeyRequest:
+        """Replace the request's Secret, keeping what is not ours; guarded by resourceVersion.
+
+        A full replace rather than a merge patch, so annotations and keys the new value no longer
+        has are removed. The read first keeps foreign labels and annotations (an operator's note).
+        """
         if request.resource_version is None:
             raise ValueError("update needs a request read from the store")
-        secret = self._patch(codec.request_name(request.id), codec.to_patch(request))
+        name = codec.request_name(request.id)
+        current = self._read(name)
+        if current is None:
+            raise NotFound(f"request {request.id} no longer exists")
+        if current["metadata"].get("resourceVersion") != request.resource_version:
+            raise Conflict(f"request {request.id} was changed since it was read")
+        secret = self._call("replace", self._api.replace_namespaced_secret, name, self.namespace,
+                            codec.to_secret(request, base=current))
         return self._decode(secret)
 
     def list(self, states: Iterable[State] = (), limit: int | None = None,
-             continue_token: str | None = None) -> tuple[list[KeyRequest], str | None]:
-        kwargs: dict[str, Any] = {"label_selector": codec.request_selector(tuple(states))}
+             continue_token: str | None = None, unsettled_only: bool = False) -> tuple[list[KeyRequest], str | None]:
+        kwargs: dict[str, Any] = {"label_selector": codec.request_selector(tuple(states), unsettled_only)}
         if limit:
             kwargs["limit"] = limit
         if continue_token:

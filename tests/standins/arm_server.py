@@ -1,0 +1,415 @@
+"""A stand-in for Azure Resource Manager's API Management endpoints (api-version 2024-05-01).
+
+APIM has no emulator, so the real `azure-mgmt-apimanagement` client talks to this over HTTPS
+(a trustme CA: the SDK refuses a bearer token over plain http) with a bearer token required.
+It keeps subscriptions (PUT/GET/PATCH/DELETE, POST listSecrets), products (PUT/GET/DELETE),
+product policies and product-API links in plain dicts the tests inspect, answers with ARM
+resource shapes (id, name, type, properties) and ARM error bodies, and honours If-Match.
+Behaviour taken from REAL-COMPONENTS.md and APIM's documented errors: a subscription is created
+`submitted` unless `state` says otherwise, a GET never returns keys, expiry is set by PATCH, and a
+product with subscriptions is not deleted without `deleteSubscriptions=true`. Stricter than ARM
+on purpose: an unknown property in a body is a 400, so a misspelt field fails the test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+import ssl
+import tempfile
+import uuid
+import xml.etree.ElementTree as ElementTree
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+from tests.standins import Call, Reply, StandinServer
+
+API_VERSION = "2024-05-01"
+PROVIDER = "Microsoft.ApiManagement/service"
+
+_SERVICE_PATH = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ApiManagement"
+    r"/service/(?P<svc>[^/]+)(?P<rest>/.*)?$", re.IGNORECASE)
+_ROUTES = [  # (kind, pattern of the path below the service)
+    ("subscription/listSecrets", re.compile(r"^/subscriptions/(?P<sid>[^/]+)/listSecrets$")),
+    ("subscription", re.compile(r"^/subscriptions/(?P<sid>[^/]+)$")),
+    ("product/policy", re.compile(r"^/products/(?P<pid>[^/]+)/policies/(?P<policy>[^/]+)$")),
+    ("product/apis", re.compile(r"^/products/(?P<pid>[^/]+)/apis$")),
+    ("product/api", re.compile(r"^/products/(?P<pid>[^/]+)/apis/(?P<api>[^/]+)$")),
+    ("product", re.compile(r"^/products/(?P<pid>[^/]+)$")),
+]
+_SUBSCRIPTION_PROPERTIES = {"ownerId", "scope", "displayName", "primaryKey", "secondaryKey", "state",
+                            "allowTracing"}
+_SUBSCRIPTION_PATCH_PROPERTIES = {"ownerId", "scope", "expirationDate", "displayName", "primaryKey",
+                                  "secondaryKey", "state", "stateComment", "allowTracing"}
+_SUBSCRIPTION_STATES = {"suspended", "active", "expired", "submitted", "rejected", "cancelled"}
+_PRODUCT_PROPERTIES = {"displayName", "description", "terms", "subscriptionRequired", "approvalRequired",
+                       "subscriptionsLimit", "state"}
+_POLICY_FORMATS = {"xml", "xml-link", "rawxml", "rawxml-link"}
+
+
+def arm_error(status: int, code: str, message: str, details: list[dict[str, str]] | None = None) -> Reply:
+    return Reply(status, {"error": {"code": code, "message": message, "details": details}})
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _etag() -> str:
+    return f'"{uuid.uuid4().hex}"'
+
+
+@dataclasses.dataclass
+class Entity:
+    properties: dict[str, Any]
+    etag: str = dataclasses.field(default_factory=_etag)
+
+
+@dataclasses.dataclass
+class ApimService:
+    """One APIM instance's state. Subscription entities keep their keys in `properties`."""
+
+    subscriptions: dict[str, Entity] = dataclasses.field(default_factory=dict)
+    products: dict[str, Entity] = dataclasses.field(default_factory=dict)
+    policies: dict[str, Entity] = dataclasses.field(default_factory=dict)  # product id -> its policy
+    apis: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # API id -> properties
+    product_apis: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # product id -> API ids
+
+
+class ArmStandin(StandinServer):
+    """Fault keys: "<METHOD> <kind>", kind one of subscription, subscription/listSecrets, product,
+    product/policy, product/apis, product/api; or "*" for any call."""
+
+    def __init__(self, token: str = "arm-token-" + secrets.token_urlsafe(12)) -> None:
+        self._ca = trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        super().__init__(ssl_context=context)
+        self.token = token
+        self.services: dict[tuple[str, str, str], ApimService] = {}
+        self.issued_keys: set[str] = set()  # every subscription key ever made, for leak checks
+        self._ca_dir = tempfile.TemporaryDirectory(prefix="arm-standin-")
+        self.ca_pem_path = Path(self._ca_dir.name) / "ca.pem"
+        self._ca.cert_pem.write_to_path(str(self.ca_pem_path))
+
+    def add_service(self, subscription_id: str, resource_group: str, name: str) -> ApimService:
+        with self._lock:
+            return self.services.setdefault((subscription_id, resource_group.lower(), name.lower()), ApimService())
+
+    def add_product(self, service: ApimService, product_id: str, display_name: str | None = None,
+                    state: str = "published") -> None:
+        with self._lock:
+            service.products[product_id] = Entity({"displayName": display_name or product_id,
+                                                   "subscriptionRequired": True, "approvalRequired": False,
+                                                   "state": state})
+
+    def close(self) -> None:
+        self.stop()
+        self._ca_dir.cleanup()
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    def _match(self, path: str) -> tuple[str, dict[str, str]] | None:
+        base = _SERVICE_PATH.match(path)
+        if base is None:
+            return None
+        for kind, pattern in _ROUTES:
+            found = pattern.match(base["rest"] or "")
+            if found:
+                return kind, {**base.groupdict(), **found.groupdict()}
+        return None
+
+    def fault_key(self, call: Call) -> str:
+        matched = self._match(call.path)
+        return f"{call.method} {matched[0] if matched else call.path}"
+
+    def serve(self, call: Call) -> Reply:
+        if call.headers.get("authorization") != f"Bearer {self.token}":
+            reason = "is missing" if "authorization" not in call.headers else "is invalid"
+            return arm_error(401, "AuthenticationFailed", f"Authentication failed. The 'Authorization' header {reason}.")
+        version = call.query.get("api-version")
+        if version is None:
+            return arm_error(400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) "
+                                                                 "is required for all requests.")
+        if version != API_VERSION:
+            return arm_error(400, "InvalidApiVersionParameter", f"The api-version '{version}' is invalid. "
+                                                                 f"This stand-in speaks '{API_VERSION}'.")
+        matched = self._match(call.path)
+        if matched is None:
+            return arm_error(404, "NotFound", f"No route for {call.method} {call.path}")
+        kind, ids = matched
+        with self._lock:
+            service = self.services.get((ids["sub"], ids["rg"].lower(), ids["svc"].lower()))
+            if service is None:
+                return arm_error(404, "ResourceNotFound",
+                                 f"The Resource '{PROVIDER}/{ids['svc']}' under resource group '{ids['rg']}' "
+                                 "was not found.")
+            handler = getattr(self, "_" + kind.replace("/", "_"))
+            return handler(call, service, ids)
+
+    # --- resource shapes -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _base_id(ids: dict[str, str]) -> str:
+        return (f"/subscriptions/{ids['sub']}/resourceGroups/{ids['rg']}/providers/"
+                f"{PROVIDER}/{ids['svc']}")
+
+    def _resource(self, ids: dict[str, str], path: str, kind: str, properties: dict[str, Any]) -> dict[str, Any]:
+        """An ARM resource at `{service id}/{path}` of type `Microsoft.ApiManagement/service/{kind}`."""
+        return {"id": f"{self._base_id(ids)}/{path}", "type": f"{PROVIDER}/{kind}", "name": path.rsplit("/", 1)[-1],
+                "properties": properties}
+
+    @staticmethod
+    def _precondition(call: Call, entity: Entity | None, required: bool) -> Reply | None:
+        if_match = call.headers.get("if-match")
+        if if_match is None:
+            if required:
+                return arm_error(400, "ValidationError", "If-Match header is required.")
+            return None
+        if entity is None or (if_match != "*" and if_match != entity.etag):
+            return arm_error(412, "PreconditionFailed", "The entity's ETag does not match the If-Match header.")
+        return None
+
+    @staticmethod
+    def _properties(call: Call, allowed: set[str]) -> tuple[dict[str, Any], Reply | None]:
+        body = call.body
+        if not isinstance(body, dict) or not isinstance(body.get("properties", {}), dict):
+            return {}, arm_error(400, "ValidationError", "The request body must be a JSON object with 'properties'.")
+        properties = body.get("properties") or {}
+        unknown = sorted(set(properties) - allowed)
+        if unknown:
+            return {}, arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
+                                 [{"code": "ValidationError", "target": name,
+                                   "message": f"Unknown property '{name}'"} for name in unknown])
+        return properties, None
+
+    # --- subscriptions -----------------------------------------------------------------------------------
+
+    def _subscription_view(self, ids: dict[str, str], sid: str, entity: Entity) -> dict[str, Any]:
+        shown = {k: v for k, v in entity.properties.items() if k not in ("primaryKey", "secondaryKey")}
+        scope = shown.get("scope", "")
+        if scope.startswith("/"):  # ARM answers with the scope's full resource id
+            shown["scope"] = self._base_id(ids) + scope
+        # A GET never carries keys: listSecrets does.
+        return self._resource(ids, f"subscriptions/{sid}", "subscriptions", {**shown, "primaryKey": None, "secondaryKey": None})
+
+    def _subscription(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        sid = ids["sid"]
+        entity = service.subscriptions.get(sid)
+        if call.method == "GET":
+            if entity is None:
+                return arm_error(404, "ResourceNotFound", "Subscription not found.")
+            return Reply(200, self._subscription_view(ids, sid, entity), {"ETag": entity.etag})
+        if call.method == "DELETE":
+            refused = self._precondition(call, entity, required=True) if entity else None
+            if refused:
+                return refused
+            if entity is None:
+                return Reply(204)  # ARM: deleting what is not there succeeds
+            del service.subscriptions[sid]
+            return Reply(200)
+        if call.method == "PATCH":
+            if entity is None:
+                return arm_error(404, "ResourceNotFound", "Subscription not found.")
+            refused = self._precondition(call, entity, required=True)
+            if refused:
+                return refused
+            changes, refused = self._properties(call, _SUBSCRIPTION_PATCH_PROPERTIES)
+            if refused:
+                return refused
+            if "state" in changes and changes["state"] not in _SUBSCRIPTION_STATES:
+                return arm_error(400, "ValidationError", f"Invalid subscription state '{changes['state']}'.")
+            entity.properties.update(changes)
+            entity.etag = _etag()
+            return Reply(200, self._subscription_view(ids, sid, entity), {"ETag": entity.etag})
+        if call.method == "PUT":
+            return self._put_subscription(call, service, ids, sid, entity)
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+    def _put_subscription(self, call: Call, service: ApimService, ids: dict[str, str], sid: str,
+                          entity: Entity | None) -> Reply:
+        refused = self._precondition(call, entity, required=False)
+        if refused:
+            return refused
+        properties, refused = self._properties(call, _SUBSCRIPTION_PROPERTIES)
+        if refused:
+            return refused
+        scope = str(properties.get("scope") or "")
+        display_name = properties.get("displayName")
+        if not isinstance(display_name, str) or not 1 <= len(display_name) <= 100:
+            return arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
+                             [{"code": "ValidationError", "target": "displayName",
+                               "message": "Display name is required and must be 1 to 100 characters long."}])
+        short_scope = scope[len(self._base_id(ids)):] if scope.lower().startswith(self._base_id(ids).lower()) else scope
+        product = re.fullmatch(r"/products/([^/]+)", short_scope)
+        if not (product or short_scope == "/apis" or re.fullmatch(r"/apis/[^/]+", short_scope)):
+            return arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
+                             [{"code": "ValidationError", "target": "scope", "message":
+                               "Subscription scope should be one of '/apis', '/apis/{apiId}', '/products/{productId}'"}])
+        if product and product[1] not in service.products:
+            return arm_error(404, "ResourceNotFound", f"Product '{product[1]}' not found.")
+        state = properties.get("state") or "submitted"
+        if state not in _SUBSCRIPTION_STATES:
+            return arm_error(400, "ValidationError", f"Invalid subscription state '{state}'.")
+        now = _now()
+        stored = {**(entity.properties if entity else {}), **properties, "scope": short_scope, "state": state}
+        stored.setdefault("createdDate", now)
+        stored.setdefault("primaryKey", secrets.token_hex(16))
+        stored.setdefault("secondaryKey", secrets.token_hex(16))
+        self.issued_keys.update((stored["primaryKey"], stored["secondaryKey"]))
+        if state == "active":
+            stored.setdefault("startDate", now)
+        created = entity is None
+        entity = entity or Entity({})
+        entity.properties, entity.etag = stored, _etag()
+        service.subscriptions[sid] = entity
+        return Reply(201 if created else 200, self._subscription_view(ids, sid, entity), {"ETag": entity.etag})
+
+    def _subscription_listSecrets(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        entity = service.subscriptions.get(ids["sid"])
+        if call.method != "POST":
+            return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+        if entity is None:
+            return arm_error(404, "ResourceNotFound", "Subscription not found.")
+        return Reply(200, {"primaryKey": entity.properties["primaryKey"],
+                           "secondaryKey": entity.properties["secondaryKey"]}, {"ETag": entity.etag})
+
+    # --- products, their policy and their APIs -------------------------------------------------------
+
+    def _product(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        pid = ids["pid"]
+        entity = service.products.get(pid)
+        if call.method == "GET":
+            if entity is None:
+                return arm_error(404, "ResourceNotFound", "Product not found.")
+            return Reply(200, self._resource(ids, f"products/{pid}", "products", entity.properties), {"ETag": entity.etag})
+        if call.method == "PUT":
+            refused = self._precondition(call, entity, required=False)
+            if refused:
+                return refused
+            properties, refused = self._properties(call, _PRODUCT_PROPERTIES)
+            if refused:
+                return refused
+            if not isinstance(properties.get("displayName"), str) or not properties["displayName"]:
+                return arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
+                                 [{"code": "ValidationError", "target": "displayName",
+                                   "message": "Display name is required."}])
+            if properties.get("state", "notPublished") not in ("notPublished", "published"):
+                return arm_error(400, "ValidationError", f"Invalid product state '{properties['state']}'.")
+            created = entity is None
+            entity = Entity({"state": "notPublished", **properties})
+            service.products[pid] = entity
+            return Reply(201 if created else 200, self._resource(ids, f"products/{pid}", "products", entity.properties),
+                         {"ETag": entity.etag})
+        if call.method == "DELETE":
+            if entity is None:
+                return Reply(204)
+            refused = self._precondition(call, entity, required=True)
+            if refused:
+                return refused
+            subscribed = [sid for sid, s in service.subscriptions.items() if s.properties["scope"] == f"/products/{pid}"]
+            if subscribed and call.query.get("deleteSubscriptions", "").lower() != "true":
+                return arm_error(400, "ValidationError", "Product cannot be deleted since it has existing "
+                                 "subscriptions. Delete subscriptions before deleting the product or pass in "
+                                 "deleteSubscriptions=true as query param")
+            for sid in subscribed:
+                del service.subscriptions[sid]
+            del service.products[pid]
+            service.policies.pop(pid, None)
+            service.product_apis.pop(pid, None)
+            return Reply(200)
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+    def _product_policy(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        pid, name = ids["pid"], ids["policy"]
+        if pid not in service.products:
+            return arm_error(404, "ResourceNotFound", "Product not found.")
+        if name != "policy":
+            return arm_error(400, "ValidationError", "The only policy id is 'policy'.")
+        entity = service.policies.get(pid)
+        path = f"products/{pid}/policies/{name}"
+        if call.method == "GET":
+            if entity is None:
+                return arm_error(404, "ResourceNotFound", "Policy not found.")
+            return Reply(200, self._resource(ids, path, "products/policies", entity.properties), {"ETag": entity.etag})
+        if call.method == "PUT":
+            refused = self._precondition(call, entity, required=False)
+            if refused:
+                return refused
+            properties, refused = self._properties(call, {"value", "format"})
+            if refused:
+                return refused
+            value, fmt = properties.get("value"), properties.get("format", "xml")
+            problem = _policy_problem(value, fmt)
+            if problem:
+                return arm_error(400, "ValidationError", problem)
+            created = entity is None
+            entity = Entity({"format": fmt, "value": value})
+            service.policies[pid] = entity
+            return Reply(201 if created else 200, self._resource(ids, path, "products/policies", entity.properties),
+                         {"ETag": entity.etag})
+        if call.method == "DELETE":
+            if entity is None:
+                return Reply(204)
+            refused = self._precondition(call, entity, required=True)
+            if refused:
+                return refused
+            del service.policies[pid]
+            return Reply(200)
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+    def _product_apis(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        pid = ids["pid"]
+        if pid not in service.products:
+            return arm_error(404, "ResourceNotFound", "Product not found.")
+        if call.method != "GET":
+            return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+        linked = sorted(service.product_apis.get(pid, set()))
+        return Reply(200, {"value": [self._resource(ids, f"apis/{a}", "apis", service.apis[a]) for a in linked],
+                           "count": len(linked), "nextLink": None})
+
+    def _product_api(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        pid, api = ids["pid"], ids["api"]
+        if pid not in service.products:
+            return arm_error(404, "ResourceNotFound", "Product not found.")
+        linked = service.product_apis.setdefault(pid, set())
+        if call.method in ("GET", "HEAD"):
+            return Reply(204) if api in linked else arm_error(404, "ResourceNotFound", "API not found in product.")
+        if call.method == "PUT":
+            if api not in service.apis:
+                return arm_error(404, "ResourceNotFound", "API not found.")
+            created = api not in linked
+            linked.add(api)
+            return Reply(201 if created else 200, self._resource(ids, f"apis/{api}", "apis", service.apis[api]))
+        if call.method == "DELETE":
+            if api not in linked:
+                return Reply(204)
+            linked.discard(api)
+            return Reply(200)
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+
+def _policy_problem(value: Any, fmt: str) -> str | None:
+    """Why APIM would refuse this policy document, or None."""
+    if fmt not in _POLICY_FORMATS:
+        return f"Invalid policy format '{fmt}'."
+    if not isinstance(value, str) or not value.strip():
+        return "Policy value is required."
+    if fmt.endswith("-link"):
+        return None if value.startswith("https://") else "A policy link must be an https URL."
+    if fmt == "xml":
+        try:
+            root = ElementTree.fromstring(value)
+        except ElementTree.ParseError as exc:
+            return f"Policy is not well-formed XML: {exc}"
+        return None if root.tag == "policies" else "The root element of a policy must be <policies>."
+    # rawxml: not XML-escaped (it may hold @(...) expressions with '<'), so only its frame is checked.
+    text = value.strip()
+    if not (text.startswith("<policies") and text.endswith("</policies>")):
+        return "The root element of a policy must be <policies>."
+    return None
