@@ -8,6 +8,7 @@ with the file, the field and the reason.
 import azure.functions as func
 
 from shared import context
+from shared.http.admin import bp as admin
 from shared.http.openapi import bp as openapi
 from shared.http.public import bp as public
 from shared.timer import bp as timer
@@ -16,5 +17,6 @@ context.load()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(public)
+app.register_functions(admin)
 app.register_functions(openapi)
 app.register_functions(timer)

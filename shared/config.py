@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, PrivateAttr, field_validator, model_validator
 
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,62}$"
-DURATION = r"^\d+[smhdwy]$|^\d+mo$"
+DURATION = r"^\d+[smhdw]$|^\d+mo$"  # what LiteLLM's duration_in_seconds parses (no years)
 
 
 class ConfigError(Exception):

@@ -97,15 +97,20 @@ class Settings(BaseModel):
     smtp_verify_tls: bool = Field(True, alias="SMTP_VERIFY_TLS")
     smtp_timeout_seconds: float = Field(15.0, alias="SMTP_TIMEOUT_SECONDS", gt=0)
 
-    # Admin API
+    # Admin API: Basic auth (the earlier admin panel), an API key (CI and scripts), or App Service
+    # authentication (Entra ID) with an app role, side by side.
     admin_username: str = Field("admin", alias="ADMIN_USERNAME")
     admin_password: SecretStr | None = Field(None, alias="ADMIN_PASSWORD")
+    admin_api_key: SecretStr | None = Field(None, alias="ADMIN_API_KEY")
+    admin_trust_app_service_auth: bool = Field(False, alias="ADMIN_TRUST_APP_SERVICE_AUTH")
+    admin_role: str = Field("KeyRequestor.Admin", alias="ADMIN_ROLE")
+    admin_login_attempts_per_minute: int = Field(10, alias="ADMIN_LOGIN_ATTEMPTS_PER_MINUTE", ge=1)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
 
     _blank = field_validator(
         "kubeconfig", "ca_bundle", "litellm_api_key", "litellm_gateway_url", "smtp_host",
-        "smtp_user", "smtp_password", "admin_password", "apim_subscription_id", "apim_resource_group",
+        "smtp_user", "smtp_password", "admin_password", "admin_api_key", "apim_subscription_id", "apim_resource_group",
         "apim_service_name", "apim_gateway_url", "azure_client_id", "acs_connection_string",
         "acs_endpoint", "acs_sender_address", mode="before",
     )(_blank_to_none)

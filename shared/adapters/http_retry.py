@@ -52,7 +52,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def with_retries(attempt: Callable[[], T], what: str, *, retries: int = QUICK_RETRIES,
-                 max_wait: float = MAX_INLINE_WAIT, sleep: Callable[[float], None] = time.sleep) -> T:
+                 max_wait: float = MAX_INLINE_WAIT) -> T:
     """Run `attempt`, trying again up to `retries` times while it raises Retryable and the wait
     (its Retry-After, else a short jittered backoff) is at most `max_wait` seconds."""
     tries = 0
@@ -70,4 +70,4 @@ def with_retries(attempt: Callable[[], T], what: str, *, retries: int = QUICK_RE
                 raise TransientError(f"{error.message} ({tries + 1} tries)", error.retry_after) from None
             tries += 1
             log.info("%s: %s; try %d of %d in %.1f s", what, error.message, tries + 1, retries + 1, wait)
-            sleep(wait)
+            time.sleep(wait)

@@ -128,3 +128,9 @@ class KeyRequest:
 
     def with_changes(self, now: datetime | None = None, **changes: object) -> "KeyRequest":
         return dataclasses.replace(self, updated_at=now or utcnow(), **changes)
+
+    def enter(self, state: State, now: datetime | None = None, **changes: object) -> "KeyRequest":
+        """Move to `state`: its work starts from nothing (no steps, no retries pending), while issued
+        access (secrets, references) stays recorded until it is revoked."""
+        fresh: dict[str, object] = {"steps": {}, "settled": None, "attempts": 0, "next_attempt_at": None}
+        return self.with_changes(now, state=state, **{**fresh, **changes})

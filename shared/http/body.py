@@ -14,7 +14,10 @@ MAX_BODY_BYTES = 16 * 1024
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def read_json(req: func.HttpRequest, schema: type[Model]) -> Model:
+def read_json(req: func.HttpRequest, schema: type[Model], allow_empty: bool = False) -> Model:
+    """The body validated by `schema`; with `allow_empty`, no body at all reads as `{}`."""
+    if allow_empty and not (req.get_body() or b"").strip():
+        return schema.model_validate({})
     content_type = (req.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise HttpError(415, "The body must be JSON: send Content-Type: application/json",

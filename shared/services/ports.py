@@ -29,6 +29,10 @@ class NotFound(StoreError):
     """The object does not exist (any more)."""
 
 
+class InvalidArgument(StoreError):
+    """The store refused an argument (e.g. an expired or foreign list continue token)."""
+
+
 class RequestStore(Protocol):
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""

@@ -206,7 +206,7 @@ class Processor:
             if request.state == State.PENDING:  # the rules could not decide: a human will
                 log.warning("request %s: rules failed %d times (%s); sending it to review",
                             request.id, attempts, exc.message)
-                return self.store.update(self._enter(request, State.IN_REVIEW, now, decision="review",
+                return self.store.update(request.enter(State.IN_REVIEW, now, decision="review",
                                                      reason=f"the approval rules could not decide: {exc.message}",
                                                      decided_by="processor", last_error=exc.message))
             log.error("request %s: giving up after %d attempts: %s", request.id, attempts, exc.message)
@@ -222,13 +222,7 @@ class Processor:
 
     def _failed(self, request: KeyRequest, reason: str) -> KeyRequest:
         log.error("request %s failed: %s", request.id, reason)
-        return self._enter(request, State.FAILED, self.clock(), reason=reason, last_error=reason)
-
-    @staticmethod
-    def _enter(request: KeyRequest, state: State, now: datetime, **changes: object) -> KeyRequest:
-        """A new state starts with no steps done; issued access (secrets, references) stays recorded."""
-        fresh: dict[str, object] = {"steps": {}, "settled": None, "attempts": 0, "next_attempt_at": None}
-        return request.with_changes(now, state=state, **{**fresh, **changes})
+        return request.enter(State.FAILED, self.clock(), reason=reason, last_error=reason)
 
     # --- what to do next ----------------------------------------------------------------------
 
@@ -248,7 +242,7 @@ class Processor:
             if backend is not None:
                 return lambda r: self._revoke(r, backend)
             if state == State.REVOKING:
-                return lambda r: self._enter(r, State.REVOKED, self.clock(), settled=State.REVOKED)
+                return lambda r: r.enter(State.REVOKED, self.clock(), settled=State.REVOKED)
             kind = "denied" if state == State.DENIED else "failed"
             if not request.done(f"notified-{kind}"):
                 compose = self._denied_email if kind == "denied" else self._failed_email
@@ -265,7 +259,7 @@ class Processor:
         state = {"approve": State.APPROVED, "deny": State.DENIED, "review": State.IN_REVIEW}[decision.decision]
         now = self.clock()
         log.info("request %s: %s by %s (%s)", request.id, state, decision.decided_by, decision.reason)
-        return self._enter(request, state, now, decision=decision.decision, reason=decision.reason,
+        return request.enter(state, now, decision=decision.decision, reason=decision.reason,
                            decided_by=decision.decided_by, decided_at=now)
 
     # --- provisioning -------------------------------------------------------------------------
@@ -346,7 +340,7 @@ class Processor:
             now = self.clock()
             done = request.with_changes(now, steps={**request.steps, f"notified-{kind}": now})
             if then is not None:
-                return self._enter(done, then, now, settled=then)
+                return done.enter(then, now, settled=then)
             return done.with_changes(now, settled=request.state)
 
         return step

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from shared.domain.request import KeyRequest, State
-from shared.services.ports import Conflict, NotFound, StoreError, StoreUnavailable
+from shared.services.ports import Conflict, InvalidArgument, NotFound, StoreError, StoreUnavailable
 from shared.store import codec
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,8 @@ class KubernetesRequestStore:
                 raise NotFound(f"{verb}: not found") from None
             if exc.status == 409:
                 raise Conflict(f"{verb}: {_reason(exc)}") from None
+            if exc.status in (400, 410, 422):
+                raise InvalidArgument(f"Kubernetes API {verb} answered {exc.status}: {_reason(exc)}") from None
             if exc.status in (429,) or exc.status >= 500:
                 raise StoreUnavailable(f"Kubernetes API {verb} answered {exc.status}: {_reason(exc)}") from None
             raise StoreError(f"Kubernetes API {verb} answered {exc.status}: {_reason(exc)}") from None

@@ -62,10 +62,6 @@ class Faults:
             queue = self._planned.get(key)
             return queue.popleft() if queue else None
 
-    def pending(self, key: str) -> int:
-        with self._lock:
-            return len(self._planned.get(key, ()))
-
     def clear(self) -> None:
         with self._lock:
             self._planned.clear()

@@ -1,0 +1,210 @@
+"""Issues and revokes Azure API Management subscriptions scoped to a model's product.
+
+Idempotent by construction: the subscription id derives from the request id, and a PUT with
+that id creates the subscription once and later finds it (its keys unchanged). ARM errors are
+mapped by status on purpose, so a throttled or briefly unavailable APIM never turns into a
+denial, and a missing product says which product and which service.
+The SDKs are imported on first use (see azure_clients).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from shared.adapters.azure_clients import DEFAULT_ARM_ENDPOINT, apim_client, default_credential
+from shared.adapters.http_retry import Retryable, parse_retry_after, with_retries
+from shared.config import CatalogModel
+from shared.domain.request import KeyRequest
+from shared.services.ports import BackendError, Credentials, PermanentError, TransientError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REF_SUBSCRIPTION = "apim-subscription-id"
+REF_PRODUCT = "apim-product-id"
+REF_EXPIRES = "apim-subscription-expires"
+SECRET_PRIMARY = "apim-primary-key"
+SECRET_SECONDARY = "apim-secondary-key"
+
+DISPLAY_NAME_MAX = 100  # APIM's limit for a subscription's displayName
+
+
+def subscription_id(request: KeyRequest) -> str:
+    return f"llmkr-{request.id}"
+
+
+class ApimProvisioner:
+    backend = "apim"
+
+    def __init__(self, subscription_id: str, resource_group: str, service_name: str, *,
+                 base_url: str = DEFAULT_ARM_ENDPOINT, credential: "TokenCredential | None" = None,
+                 managed_identity_client_id: str | None = None, ca_bundle: Path | str | None = None,
+                 timeout_seconds: float = 10.0, quick_retries: int = 2, max_inline_wait: float = 5.0) -> None:
+        self._azure_subscription = subscription_id
+        self._resource_group = resource_group
+        self._service = service_name
+        self._base_url = base_url
+        self._credential = credential
+        self._client_id = managed_identity_client_id
+        self._ca_bundle = ca_bundle
+        self._timeout = timeout_seconds
+        self._quick_retries = quick_retries
+        self._max_inline_wait = max_inline_wait
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "ApimProvisioner":
+        """From the app settings (`shared.settings.Settings`); the APIM_* names are required."""
+        missing = [name for name, value in (("APIM_SUBSCRIPTION_ID", settings.apim_subscription_id),
+                                            ("APIM_RESOURCE_GROUP", settings.apim_resource_group),
+                                            ("APIM_SERVICE_NAME", settings.apim_service_name)) if not value]
+        if missing:
+            raise ValueError(f"APIM provisioning needs {', '.join(missing)}")
+        return cls(settings.apim_subscription_id, settings.apim_resource_group, settings.apim_service_name,
+                   base_url=settings.arm_endpoint, managed_identity_client_id=settings.azure_client_id,
+                   ca_bundle=settings.ca_bundle)
+
+    def __repr__(self) -> str:
+        return f"ApimProvisioner(service={self._service!r}, resource_group={self._resource_group!r})"
+
+    # --- the Provisioner protocol -------------------------------------------------------------------
+
+    def prepare(self, request: KeyRequest, model: CatalogModel) -> Credentials:
+        return Credentials(references={REF_SUBSCRIPTION: subscription_id(request)})
+
+    def issue(self, request: KeyRequest, model: CatalogModel, prepared: Credentials) -> Credentials:
+        from azure.mgmt.apimanagement.models import SubscriptionCreateParameters, SubscriptionUpdateParameters
+
+        grant = model.provisioning.apim
+        if grant is None:
+            raise PermanentError(f"model {model.id} has no apim.product_id in config.yaml")
+        sid = prepared.references.get(REF_SUBSCRIPTION) or subscription_id(request)
+        product = grant.product_id
+        client = self._apim()
+        rg, service = self._resource_group, self._service
+        references = {REF_SUBSCRIPTION: sid, REF_PRODUCT: product}
+
+        def vanished(arm: str) -> BackendError:
+            # Deleted between our calls (a concurrent revoke?): the next attempt's PUT recreates it.
+            return TransientError(f"APIM subscription {sid} vanished while being issued: {arm}")
+
+        create = SubscriptionCreateParameters(
+            scope=f"/products/{product}",
+            display_name=f"{request.email} ({model.id})"[:DISPLAY_NAME_MAX],
+            state="active",  # otherwise APIM creates it "submitted", awaiting a portal approval
+        )
+        self._run(f"create subscription {sid}",
+                  lambda: client.subscription.create_or_update(rg, service, sid, create, notify=False),
+                  on_missing=lambda arm: PermanentError(
+                      f"product {product} not found in APIM service {service} (resource group {rg}): {arm}"))
+        if grant.expires_after_days:
+            # From the decision (else the request), never from now: a retry sets the same date again.
+            expires = (request.decided_at or request.created_at) + timedelta(days=grant.expires_after_days)
+            update = SubscriptionUpdateParameters(expiration_date=expires)
+            self._run(f"set expiry of subscription {sid}",
+                      lambda: client.subscription.update(rg, service, sid, "*", update, notify=False),
+                      on_missing=vanished)
+            references[REF_EXPIRES] = expires.isoformat()
+        keys = self._run(f"read keys of subscription {sid}",
+                         lambda: client.subscription.list_secrets(rg, service, sid),
+                         on_missing=vanished)
+        if not keys.primary_key or not keys.secondary_key:
+            raise TransientError(f"APIM returned no keys for subscription {sid}")
+        log.info("APIM subscription %s to product %s issued (request %s)", sid, product, request.id)
+        return Credentials(secrets={SECRET_PRIMARY: keys.primary_key, SECRET_SECONDARY: keys.secondary_key},
+                           references=references)
+
+    def revoke(self, request: KeyRequest, recorded: Credentials) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        sid = recorded.references.get(REF_SUBSCRIPTION) or subscription_id(request)
+        client = self._apim()
+        try:
+            self._run(f"delete subscription {sid}",
+                      lambda: client.subscription.delete(self._resource_group, self._service, sid, if_match="*"),
+                      on_missing=None)
+        except ResourceNotFoundError as exc:
+            # ARM answers 204 for a subscription that is not there; a 404 means the service (or its
+            # resource group) is gone, and the subscription with it.
+            log.warning("APIM subscription %s: service %s answered 404 (%s); counted as already gone "
+                        "(request %s)", sid, self._service, _arm_message(exc), request.id)
+            return
+        log.info("APIM subscription %s deleted (request %s)", sid, request.id)
+
+    # --- SDK calls --------------------------------------------------------------------------------------
+
+    def _apim(self) -> Any:
+        with self._lock:  # one client (and one token cache) for all concurrent requests
+            if self._client is None:
+                credential = self._credential or default_credential(self._client_id)
+                self._client = apim_client(self._azure_subscription, self._base_url, credential,
+                                           self._ca_bundle, timeout_seconds=self._timeout)
+            return self._client
+
+    def _run(self, what: str, call: Callable[[], T],
+             on_missing: Callable[[str], BackendError] | None) -> T:
+        """`call` with quick retries, its errors mapped to TransientError / PermanentError.
+        `on_missing` builds the error for a 404 from ARM's message; None lets ResourceNotFoundError
+        through to the caller."""
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceNotFoundError,
+            ServiceRequestError,
+            ServiceRequestTimeoutError,
+            ServiceResponseError,
+            ServiceResponseTimeoutError,
+        )
+
+        label = f"APIM {what}"
+
+        def attempt() -> T:
+            try:
+                return call()
+            except (ServiceRequestTimeoutError, ServiceResponseTimeoutError):
+                # Already waited the whole timeout: no quick retry, the processor reschedules.
+                raise TransientError(f"{label}: timed out after {self._timeout:g} s") from None
+            except (ServiceRequestError, ServiceResponseError) as exc:
+                raise Retryable(TransientError(f"{label}: connection failed ({type(exc).__name__})")) from None
+            except ClientAuthenticationError as exc:
+                # No response: the token service failed (e.g. the managed identity endpoint is down);
+                # a 401 from ARM: the token was refused. Both may heal without a change to the request.
+                reason = "ARM refused the token" if exc.response is not None else "could not get a token"
+                raise TransientError(f"{label}: {reason} ({_arm_message(exc)})") from None
+            except ResourceNotFoundError as exc:
+                if on_missing is None:
+                    raise
+                raise on_missing(_arm_message(exc)) from None
+            except HttpResponseError as exc:
+                raise _mapped(label, exc) from None
+
+        return with_retries(attempt, label, retries=self._quick_retries, max_wait=self._max_inline_wait)
+
+
+def _mapped(label: str, exc: Any) -> Exception:
+    status = exc.status_code or 0
+    message = f"{label}: ARM answered {status}: {_arm_message(exc)}"
+    if status == 429 or status >= 500:
+        retry_after = parse_retry_after(exc.response.headers.get("Retry-After")) if exc.response else None
+        return Retryable(TransientError(message, retry_after))
+    if status in (409, 412):
+        # Someone changed the subscription meanwhile: read it again on the next attempt.
+        return TransientError(message)
+    return PermanentError(message)
+
+
+def _arm_message(exc: Any) -> str:
+    """ARM's `code: message`, without the SDK's multi-line decoration."""
+    error = getattr(exc, "error", None)
+    if error is not None and (error.code or error.message):
+        return f"{error.code}: {error.message}"
+    return str(getattr(exc, "message", None) or exc).splitlines()[0][:300]

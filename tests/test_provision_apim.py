@@ -1,0 +1,345 @@
+"""APIM provisioning with the real azure-mgmt-apimanagement client against the ARM stand-in:
+idempotence across crashes, revocation, ARM errors mapped by status, throttling and faults,
+no key or token in any message, and no Azure SDK import on the app's cold-start path."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import ClientAuthenticationError
+
+from shared.adapters.apim import (
+    REF_EXPIRES,
+    REF_PRODUCT,
+    REF_SUBSCRIPTION,
+    SECRET_PRIMARY,
+    SECRET_SECONDARY,
+    ApimProvisioner,
+)
+from shared.adapters.azure_clients import apim_client
+from shared.adapters.tls import ssl_context
+from shared.config import CatalogModel
+from shared.domain.request import KeyRequest
+from shared.services.ports import PermanentError, TransientError
+from tests.standins import exception_texts, leaks, logged_text
+from tests.standins.arm_server import API_VERSION, ArmStandin
+from tests.standins.faults import hang, status
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 0.5
+AZURE_SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
+RESOURCE_GROUP = "rg-llm"
+PRODUCT = "gpt-4o-product"
+
+
+class StaticToken:
+    """A TokenCredential with a fixed token (what the stand-in accepts), or one that fails like
+    an unreachable managed identity endpoint."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        self.scopes: list[tuple[str, ...]] = []
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        self.scopes.append(scopes)
+        if self.token is None:
+            raise ClientAuthenticationError("ManagedIdentityCredential: the identity endpoint did not answer")
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
+@pytest.fixture(scope="module")
+def arm():
+    server = ArmStandin().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def service_name(arm, caplog) -> str:
+    """A fresh APIM service with one published product; after the test, no subscription key
+    and no token in any log record."""
+    arm.reset_calls()
+    caplog.set_level(logging.DEBUG)
+    name = f"apim-{uuid.uuid4().hex[:8]}"
+    service = arm.add_service(AZURE_SUBSCRIPTION, RESOURCE_GROUP, name)
+    arm.add_product(service, PRODUCT)
+    yield name
+    leaked = leaks(arm.issued_keys | {arm.token}, logged_text(caplog))
+    assert not leaked
+
+
+@pytest.fixture
+def service(arm, service_name):
+    return arm.services[(AZURE_SUBSCRIPTION, RESOURCE_GROUP.lower(), service_name)]
+
+
+def provisioner_for(arm: ArmStandin, service_name: str, token: str | None = "") -> ApimProvisioner:
+    credential = StaticToken(arm.token if token == "" else token)
+    return ApimProvisioner(AZURE_SUBSCRIPTION, RESOURCE_GROUP, service_name, base_url=arm.url,
+                           credential=credential, ca_bundle=arm.ca_pem_path, timeout_seconds=TIMEOUT)
+
+
+@pytest.fixture
+def provisioner(arm, service_name) -> ApimProvisioner:
+    return provisioner_for(arm, service_name)
+
+
+def catalog_model(product: str = PRODUCT, expires_after_days: int | None = 30) -> CatalogModel:
+    return CatalogModel.model_validate({
+        "id": "gpt-4o", "title": "GPT-4o",
+        "provisioning": {"backends": ["apim"], "apim": {"product_id": product, "expires_after_days": expires_after_days}}})
+
+
+def assert_clean(exc: BaseException, arm: ArmStandin) -> None:
+    assert not leaks(arm.issued_keys | {arm.token}, *exception_texts(exc))
+
+
+def test_issue_is_idempotent_active_scoped_and_expiring(arm, service, provisioner):
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    prepared = provisioner.prepare(request, model)
+    sid = f"llmkr-{request.id}"
+    assert prepared.references == {REF_SUBSCRIPTION: sid} and not prepared.secrets
+
+    first = provisioner.issue(request, model, prepared)
+    second = provisioner.issue(request, model, prepared)
+
+    assert list(service.subscriptions) == [sid]
+    stored = service.subscriptions[sid].properties
+    assert first.secrets == second.secrets == {SECRET_PRIMARY: stored["primaryKey"],
+                                               SECRET_SECONDARY: stored["secondaryKey"]}
+    assert stored["state"] == "active" and stored["scope"] == f"/products/{PRODUCT}"
+    assert stored["displayName"] == "ann@example.com (gpt-4o)"
+    # Dated from the request, not from the call: every retry sets the same expiry.
+    assert first.references[REF_EXPIRES] == (request.created_at + timedelta(days=30)).isoformat()
+    assert stored["expirationDate"].startswith(first.references[REF_EXPIRES][:19])
+    assert first.references[REF_PRODUCT] == PRODUCT
+    puts = arm.calls_to("PUT", "/subscriptions/")
+    assert len(puts) == 2 and all(c.query == {"notify": "false", "api-version": API_VERSION} for c in puts)
+    patches = arm.calls_to("PATCH")
+    assert len(patches) == 2 and all(c.headers["if-match"] == "*" for c in patches)
+    # The token asked for is ARM's own audience (here: the stand-in's URL).
+    assert provisioner._credential.scopes[0] == (f"{arm.url}/.default",)
+
+
+def test_without_expiry_no_patch_is_sent(arm, service, provisioner):
+    model = catalog_model(expires_after_days=None)
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    credentials = provisioner.issue(request, model, provisioner.prepare(request, model))
+    assert REF_EXPIRES not in credentials.references
+    assert arm.calls_to("PATCH") == []
+
+
+def test_crash_after_the_backend_call_leaves_one_subscription(arm, service, provisioner):
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    prepared = provisioner.prepare(request, model)
+    # Created, but reading its keys fails for good this tick ...
+    arm.faults.plan("POST subscription/listSecrets", status(500), status(500), status(500))
+    with pytest.raises(TransientError, match="read keys of subscription"):
+        provisioner.issue(request, model, prepared)
+    provisioner.issue(request, model, prepared)  # ... then issued, and the process dies before recording
+    recovered = provisioner.issue(request, model, prepared)  # the next tick, from the recorded values
+    assert len(service.subscriptions) == 1
+    assert recovered.secrets[SECRET_PRIMARY] == service.subscriptions[f"llmkr-{request.id}"].properties["primaryKey"]
+
+
+def test_revoke_deletes_and_revoking_again_is_fine(arm, service, provisioner):
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    credentials = provisioner.issue(request, model, provisioner.prepare(request, model))
+    provisioner.revoke(request, credentials)
+    assert service.subscriptions == {}
+    provisioner.revoke(request, credentials)  # ARM answers 204 for what is not there
+    deletes = arm.calls_to("DELETE")
+    assert len(deletes) == 2 and all(c.headers["if-match"] == "*" for c in deletes)
+
+
+def test_revoke_in_a_service_that_answers_404_counts_as_gone(arm, service_name):
+    gone = provisioner_for(arm, "apim-deleted")
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    gone.revoke(request, gone.prepare(request, catalog_model()))
+    assert len(arm.calls_to("DELETE")) == 1
+
+
+def test_throttled_then_served_honours_retry_after(arm, service, provisioner):
+    arm.faults.plan("PUT subscription", status(429, retry_after=1))
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    provisioner.issue(request, model, provisioner.prepare(request, model))
+    puts = arm.calls_to("PUT", "/subscriptions/")
+    assert len(puts) == 2 and puts[1].at - puts[0].at >= 1.0
+    assert len(service.subscriptions) == 1
+
+
+def test_a_long_retry_after_goes_back_to_the_processor_at_once(arm, service, provisioner):
+    arm.faults.plan("PUT subscription", status(429, retry_after=120))
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    with pytest.raises(TransientError) as raised:
+        provisioner.issue(request, model, provisioner.prepare(request, model))
+    assert raised.value.retry_after == 120
+    assert len(arm.calls_to("PUT")) == 1
+
+
+def test_server_errors_become_transient_after_two_quick_retries(arm, service, provisioner):
+    arm.faults.plan("PUT subscription", status(500), status(502), status(503))
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    with pytest.raises(TransientError, match=r"APIM create subscription .* ARM answered 503: .*\(3 tries\)") as raised:
+        provisioner.issue(request, model, provisioner.prepare(request, model))
+    assert len(arm.calls_to("PUT")) == 3 and service.subscriptions == {}
+    assert_clean(raised.value, arm)
+
+
+def test_a_hanging_arm_times_out_quickly(arm, service, provisioner):
+    arm.faults.plan("PUT subscription", hang(10))
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="timed out after 0.5 s"):
+        provisioner.issue(request, model, provisioner.prepare(request, model))
+    assert time.monotonic() - started < TIMEOUT + 1.5
+    assert len(arm.calls_to("PUT")) == 1
+
+
+def test_a_missing_product_is_permanent_and_says_which(arm, service_name, provisioner):
+    model = catalog_model(product="no-such-product")
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    with pytest.raises(PermanentError,
+                       match=f"product no-such-product not found in APIM service {service_name}") as raised:
+        provisioner.issue(request, model, provisioner.prepare(request, model))
+    assert len(arm.calls_to("PUT")) == 1
+    assert_clean(raised.value, arm)
+
+
+def test_a_missing_service_is_permanent(arm, service_name):
+    wrong = provisioner_for(arm, "apim-typo")
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    with pytest.raises(PermanentError, match="not found in APIM service apim-typo .*ResourceNotFound"):
+        wrong.issue(request, model, wrong.prepare(request, model))
+
+
+def test_forbidden_is_permanent_with_arms_message(arm, service, provisioner):
+    arm.faults.plan("PUT subscription", status(403, body={"error": {
+        "code": "AuthorizationFailed", "message": "The client does not have authorization to perform action "
+                                                  "'Microsoft.ApiManagement/service/subscriptions/write'."}}))
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    with pytest.raises(PermanentError, match="ARM answered 403: AuthorizationFailed: The client does not have"):
+        provisioner.issue(request, model, provisioner.prepare(request, model))
+    assert len(arm.calls_to("PUT")) == 1
+
+
+@pytest.mark.parametrize("code", [409, 412])
+def test_conflicts_are_transient_without_a_quick_retry(arm, service, provisioner, code):
+    arm.faults.plan("PATCH subscription", status(code, body={"error": {"code": "Conflict", "message": "changed"}}))
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    with pytest.raises(TransientError, match=f"ARM answered {code}"):
+        provisioner.issue(request, model, provisioner.prepare(request, model))
+    assert len(arm.calls_to("PATCH")) == 1
+
+
+def test_token_failures_are_transient(arm, service_name):
+    model = catalog_model()
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    no_identity = provisioner_for(arm, service_name, token=None)
+    with pytest.raises(TransientError, match="could not get a token"):
+        no_identity.issue(request, model, no_identity.prepare(request, model))
+    assert arm.calls == []
+    refused = provisioner_for(arm, service_name, token="a-token-arm-does-not-know")
+    with pytest.raises(TransientError, match="ARM refused the token .*AuthenticationFailed") as raised:
+        refused.issue(request, model, refused.prepare(request, model))
+    assert not leaks({"a-token-arm-does-not-know"}, *exception_texts(raised.value))
+
+
+# --- the stand-in: what ARM refuses, and the team-access resources ---------------------------------
+
+
+def test_the_standin_refuses_what_arm_would(arm, service_name):
+    base = (f"{arm.url}/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
+            f"Microsoft.ApiManagement/service/{service_name}/subscriptions/s1?api-version={API_VERSION}")
+    auth = {"Authorization": f"Bearer {arm.token}"}
+
+    def put(body: object, headers: dict[str, str] = auth, url: str = base) -> httpx.Response:
+        return httpx.put(url, json=body, headers=headers, verify=ssl_context(arm.ca_pem_path), timeout=5)
+
+    assert put({"properties": {"scope": "/products/x", "displayName": "d"}}, headers={}).status_code == 401
+    bad_scope = put({"properties": {"scope": "/product/x", "displayName": "d"}})
+    assert bad_scope.status_code == 400 and bad_scope.json()["error"]["details"][0]["target"] == "scope"
+    misspelt = put({"properties": {"scope": f"/products/{PRODUCT}", "displayName": "d", "expiryDate": "x"}})
+    assert misspelt.status_code == 400 and "expiryDate" in misspelt.json()["error"]["details"][0]["message"]
+    old_api = put({"properties": {"scope": f"/products/{PRODUCT}", "displayName": "d"}},
+                  url=base.replace(API_VERSION, "2021-08-01"))
+    assert old_api.status_code == 400 and old_api.json()["error"]["code"] == "InvalidApiVersionParameter"
+    created = put({"properties": {"scope": f"/products/{PRODUCT}", "displayName": "d"}})
+    assert created.status_code == 201 and created.json()["properties"]["state"] == "submitted"
+    assert created.json()["properties"]["primaryKey"] is None  # keys only through listSecrets
+    stale = put({"properties": {"scope": f"/products/{PRODUCT}", "displayName": "d"}},
+                headers={**auth, "If-Match": '"stale"'})
+    assert stale.status_code == 412
+
+
+def test_products_policies_and_api_links_through_the_sdk(arm, service, service_name):
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    from azure.mgmt.apimanagement.models import PolicyContract, ProductContract, SubscriptionCreateParameters
+
+    client = apim_client(AZURE_SUBSCRIPTION, arm.url, StaticToken(arm.token), arm.ca_pem_path, timeout_seconds=2)
+    rg = RESOURCE_GROUP
+    product = client.product.create_or_update(rg, service_name, "product-team-a", ProductContract(
+        display_name="Team A", subscription_required=True, approval_required=False, state="published"))
+    assert product.name == "product-team-a" and product.state == "published"
+
+    # A policy with @(...) expressions is not valid XML: it goes as rawxml, and comes back as sent.
+    policy = ('<policies><inbound><base /><llm-token-limit counter-key="@(context.Subscription.Id)" '
+              'tokens-per-minute="1000" token-quota="100000" token-quota-period="Daily" '
+              'estimate-prompt-tokens="true" /><set-variable name="x" value="@(1 < 2)" /></inbound>'
+              '<backend><base /></backend><outbound><base /></outbound><on-error><base /></on-error></policies>')
+    client.product_policy.create_or_update(rg, service_name, "product-team-a", "policy",
+                                           PolicyContract(value=policy, format="rawxml"))
+    read = client.product_policy.get(rg, service_name, "product-team-a", "policy")
+    assert (read.format, read.value) == ("rawxml", policy)
+    with pytest.raises(HttpResponseError) as not_xml:  # the same text as "xml" does not parse
+        client.product_policy.create_or_update(rg, service_name, "product-team-a", "policy",
+                                               PolicyContract(value=policy, format="xml"))
+    assert not_xml.value.status_code == 400
+
+    service.apis["azure-openai"] = {"displayName": "Azure OpenAI", "path": "openai", "protocols": ["https"]}
+    client.product_api.create_or_update(rg, service_name, "product-team-a", "azure-openai")
+    assert [a.name for a in client.product_api.list_by_product(rg, service_name, "product-team-a")] == ["azure-openai"]
+    with pytest.raises(ResourceNotFoundError):
+        client.product_api.create_or_update(rg, service_name, "product-team-a", "no-such-api")
+
+    client.subscription.create_or_update(rg, service_name, "sub-team-a", SubscriptionCreateParameters(
+        scope="/products/product-team-a", display_name="Team A", state="active"))
+    with pytest.raises(HttpResponseError, match="existing subscriptions"):
+        client.product.delete(rg, service_name, "product-team-a", if_match="*")
+    client.product.delete(rg, service_name, "product-team-a", if_match="*", delete_subscriptions=True)
+    assert "product-team-a" not in service.products and "sub-team-a" not in service.subscriptions
+    assert "product-team-a" not in service.policies
+
+
+def test_cold_start_imports_no_azure_sdk():
+    """Building both provisioners (as the composition root does) loads no Azure SDK; only a call does."""
+    probe = (
+        "import sys\n"
+        "from shared.adapters.apim import ApimProvisioner\n"
+        "from shared.adapters.litellm import LiteLLMProvisioner\n"
+        "ApimProvisioner('s', 'rg', 'svc', managed_identity_client_id='id')\n"
+        "LiteLLMProvisioner('http://127.0.0.1:9', 'sk-master')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('azure.mgmt', 'azure.identity')))\n"
+        "print(','.join(loaded))\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
