@@ -5,6 +5,7 @@ CORS as on 127.0.0.1:7071, without a socket)."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import uuid
@@ -142,6 +143,9 @@ def smtp_server():
     from aiosmtpd.controller import Controller
 
     mailbox = Mailbox()
+    # The server logs each DATA line at DEBUG: it is the recipient, so keys are meant to reach it,
+    # and its lines must not mix with the app's in the tests' scans of captured logs for keys.
+    logging.getLogger("mail.log").setLevel(logging.INFO)
     controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     controller.mailbox = mailbox

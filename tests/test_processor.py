@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import re
 import shutil
 import subprocess
 import threading
@@ -19,6 +21,7 @@ from shared import context
 from shared.domain.request import KeyRequest, State
 from shared.store.codec import request_name
 
+from tests.standins import leaks, logged_text
 from tests.standins.faults import status
 
 CONFIG = {
@@ -46,8 +49,10 @@ def write_config(tmp_path, config: dict) -> str:
 
 
 @pytest.fixture
-def processing(app_env, tmp_path, monkeypatch, litellm_standin, smtp_server, kube_api_client):
-    """The app's settings pointed at the stand-ins; returns a helper to run ticks and submit."""
+def processing(app_env, tmp_path, monkeypatch, litellm_standin, smtp_server, kube_api_client, caplog):
+    """The app's settings pointed at the stand-ins; returns a helper to run ticks and submit.
+    Afterwards, no key delivered by email appears in any captured log line."""
+    caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("CONFIG_FILE", write_config(tmp_path, CONFIG))
     monkeypatch.setenv("LITELLM_BASE_URL", litellm_standin.url)
     monkeypatch.setenv("LITELLM_API_KEY", litellm_standin.master_key)
@@ -58,7 +63,10 @@ def processing(app_env, tmp_path, monkeypatch, litellm_standin, smtp_server, kub
     monkeypatch.setenv("PROCESSOR_MAX_ATTEMPTS", "3")
     context.reset()
     smtp_server.mailbox.clear()
-    return Harness(app_env)
+    yield Harness(app_env)
+    delivered = " ".join(str(message) for _, message in smtp_server.mailbox.messages)
+    keys = set(re.findall(r"sk-[A-Za-z0-9_-]{20,}", delivered))
+    assert not leaks(keys | {litellm_standin.master_key}, logged_text(caplog))
 
 
 class Harness:
