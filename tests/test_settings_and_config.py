@@ -104,3 +104,13 @@ def test_the_app_does_not_start_with_a_bad_config(tmp_path):
                             text=True, env={"CONFIG_FILE": str(path), "PATH": "/usr/bin:/bin"})
     assert result.returncode != 0
     assert f"{path}: models[0].colour: Extra inputs are not permitted" in result.stderr
+
+
+def test_every_setting_is_in_the_sample_and_the_readme():
+    import json
+
+    aliases = {field.alias for field in Settings.model_fields.values() if field.alias}
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    readme = (ROOT / "README.md").read_text()
+    assert aliases - set(sample) == set()
+    assert {alias for alias in aliases if f"`{alias}`" not in readme} == set()
