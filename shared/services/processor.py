@@ -196,8 +196,11 @@ class Processor:
             raise _Wait(self._retry_later(request, exc)) from None
         except PermanentError as exc:
             return self.store.update(self._failed(request, exc.message))
+        now = self.clock()
+        # Each recorded step renews the lease, so a long series of steps keeps the request ours.
         return self.store.update(changed.with_changes(
-            self.clock(), attempts=0, last_error=None, next_attempt_at=None))
+            now, attempts=0, last_error=None, next_attempt_at=None,
+            lease_until=now + timedelta(seconds=self.options.lease_seconds)))
 
     def _retry_later(self, request: KeyRequest, exc: TransientError) -> KeyRequest:
         attempts = request.attempts + 1
