@@ -68,8 +68,9 @@ def _request_store() -> RequestStore:
     from shared.store.requests import KubernetesRequestStore
 
     current = settings()
-    return KubernetesRequestStore(api_client(current.kubeconfig), current.namespace,
-                                  current.kubernetes_timeout_seconds)
+    client = api_client(current.kubeconfig, auth=current.kubernetes_auth, server=current.kubernetes_server,
+                        ca_data=current.kubernetes_ca_data, client_id=current.azure_client_id)
+    return KubernetesRequestStore(client, current.namespace, current.kubernetes_timeout_seconds)
 
 
 def processor():
@@ -107,7 +108,73 @@ def _processor():
                      WebhookApprover(current.ca_bundle), options)
 
 
+# --- team access (docs/teams.md) ------------------------------------------------------------------
+
+
+def team_api_ids(current: Settings | None = None) -> tuple[str, ...]:
+    """APIM_TEAM_API_IDS: the APIM API ids every team product is linked to (comma-separated)."""
+    current = current or settings()
+    raw = getattr(current, "apim_team_api_ids", None)
+    if raw is None:
+        raw = os.environ.get("APIM_TEAM_API_IDS", "")
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    return tuple(dict.fromkeys(item.strip() for item in items if item and item.strip()))
+
+
+def team_store():
+    with _lock:
+        return _team_store()
+
+
+@functools.cache
+def _team_kube_client():
+    from shared.store.kube import api_client
+
+    return api_client(settings().kubeconfig)
+
+
+@functools.cache
+def _team_store():
+    from shared.store.teams import KubernetesTeamStore
+
+    current = settings()
+    return KubernetesTeamStore(_team_kube_client(), current.namespace, current.kubernetes_timeout_seconds)
+
+
+def team_reconciler():
+    with _lock:
+        return _team_reconciler()
+
+
+@functools.cache
+def _team_reconciler():
+    """The team reconciler (a use case of its own, run by the timer after the processor's tick)."""
+    from shared.adapters.email_factory import notifier_from_settings
+    from shared.adapters.kaito import KaitoWorkspaces
+    from shared.services.teams import TeamReconciler, TeamReconcilerOptions
+
+    current = settings()
+    apim = None
+    if current.apim_subscription_id and current.apim_resource_group and current.apim_service_name:
+        from shared.adapters.apim_products import ApimTeamProducts
+
+        apim = ApimTeamProducts.from_settings(current)
+    options = TeamReconcilerOptions(
+        api_ids=team_api_ids(current),
+        namespace=current.namespace,
+        gateway_url=current.apim_gateway_url,
+        concurrency=current.processor_concurrency,
+        time_budget_seconds=min(60.0, current.processor_time_budget_seconds),
+        lease_seconds=current.processor_lease_seconds,
+        max_attempts=current.processor_max_attempts,
+        backoff_base_seconds=current.processor_backoff_seconds,
+    )
+    workspaces = KaitoWorkspaces(_team_kube_client(), current.namespace, current.kubernetes_timeout_seconds)
+    return TeamReconciler(team_store(), apim, workspaces, notifier_from_settings(current),
+                          config().notifications, options)
+
+
 def reset() -> None:
     """Forget everything built so far (tests change the environment between cases)."""
-    for cached in (settings, config, _request_store, _processor):
+    for cached in (settings, config, _request_store, _processor, _team_kube_client, _team_store, _team_reconciler):
         cached.cache_clear()

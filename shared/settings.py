@@ -41,6 +41,9 @@ class Settings(BaseModel):
     kubernetes_namespace: str = Field("", alias="KUBERNETES_NAMESPACE")
     kubeconfig: str | None = Field(None, alias="KUBECONFIG")
     kubernetes_timeout_seconds: float = Field(10.0, alias="KUBERNETES_TIMEOUT_SECONDS", gt=0)
+    kubernetes_auth: Literal["kubeconfig", "entra"] = Field("kubeconfig", alias="KUBERNETES_AUTH")
+    kubernetes_server: str | None = Field(None, alias="KUBERNETES_SERVER")
+    kubernetes_ca_data: str | None = Field(None, alias="KUBERNETES_CA_DATA")
 
     # Catalog, rules and notification settings
     config_file: Path = Field(APP_ROOT / "config.yaml", alias="CONFIG_FILE")
@@ -109,7 +112,7 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
 
     _blank = field_validator(
-        "kubeconfig", "ca_bundle", "litellm_api_key", "litellm_gateway_url", "smtp_host",
+        "kubeconfig", "kubernetes_server", "kubernetes_ca_data", "ca_bundle", "litellm_api_key", "litellm_gateway_url", "smtp_host",
         "smtp_user", "smtp_password", "admin_password", "admin_api_key", "apim_subscription_id", "apim_resource_group",
         "apim_service_name", "apim_gateway_url", "azure_client_id", "acs_connection_string",
         "acs_endpoint", "acs_sender_address", mode="before",
@@ -130,6 +133,12 @@ class Settings(BaseModel):
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
+    @field_validator("config_file")
+    @classmethod
+    def _relative_to_app(cls, value: Path) -> Path:
+        # The worker's working directory is not guaranteed on Azure: resolve against the app root.
+        return value if value.is_absolute() else APP_ROOT / value
+
     @field_validator("ca_bundle")
     @classmethod
     def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
@@ -149,6 +158,11 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = dict(os.environ if environ is None else environ)
+        unresolved = sorted(name for name, value in env.items() if value.startswith("@Microsoft.KeyVault("))
+        if unresolved:
+            # App Service hands the reference text over when it cannot read the secret.
+            raise SettingsError(f"invalid app settings: {', '.join(unresolved)}: unresolved Key Vault "
+                                "reference (does the app's identity have Key Vault Secrets User?)")
         try:
             return cls.model_validate(env)
         except ValidationError as exc:

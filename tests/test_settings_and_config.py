@@ -114,3 +114,13 @@ def test_every_setting_is_in_the_sample_and_the_readme():
     readme = (ROOT / "README.md").read_text()
     assert aliases - set(sample) == set()
     assert {alias for alias in aliases if f"`{alias}`" not in readme} == set()
+
+
+def test_an_unresolved_key_vault_reference_stops_the_app():
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/admin-password/)"
+    with pytest.raises(SettingsError, match="ADMIN_PASSWORD: unresolved Key Vault reference"):
+        Settings.from_env({"ADMIN_PASSWORD": reference})
+
+
+def test_a_relative_config_file_is_relative_to_the_app_root():
+    assert Settings.from_env({"CONFIG_FILE": "config.yaml"}).config_file == ROOT / "config.yaml"

@@ -1,26 +1,133 @@
-"""Builds the Kubernetes API client: in-cluster service account, else a kubeconfig file.
+"""Builds the Kubernetes API client: in-cluster service account, a kubeconfig file, or an Entra ID
+token from the app's managed identity (AKS with Entra ID, no stored credentials).
 
-The SDK is imported here, on first use, not when function_app is imported: it is the largest
-import of the HTTP path and a cold start should not pay for it before it is needed.
+Which one, from the app settings (read from the environment unless passed in):
+
+- `KUBERNETES_AUTH=kubeconfig` (the default): the in-cluster service account when running in a pod
+  and no kubeconfig is given, else the kubeconfig file (`KUBECONFIG`, else `~/.kube/config`).
+- `KUBERNETES_AUTH=entra`: `KUBERNETES_SERVER` (the AKS API server, https) and
+  `KUBERNETES_CA_DATA` (its CA, base64 PEM as in a kubeconfig's `certificate-authority-data`);
+  the bearer token is an Entra ID access token for the AKS server application, got with
+  `DefaultAzureCredential(managed_identity_client_id=AZURE_CLIENT_ID)`. Nothing secret is stored:
+  the token is fetched on first use and renewed, before each request, once less than five minutes
+  of it remain (`Configuration.refresh_api_key_hook`).
+
+The SDKs are imported here, on first use, not when function_app is imported: the Kubernetes client
+is the largest import of the HTTP path, and azure.identity is only loaded with `entra`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import logging
 import os
-from typing import Any
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
 # Enough pooled connections that concurrent invocations never queue for a socket.
 POOL_SIZE = 32
 
+# The Entra ID application every AKS cluster with Entra integration accepts tokens for
+# ("Azure Kubernetes Service AAD Server"); the same in every tenant.
+AKS_SCOPE = "6dae42f8-4368-4678-94ff-3960e28e3630/.default"
+# Renew a token once less than this much of its lifetime remains (Entra tokens last 60-90 min).
+REFRESH_MARGIN_SECONDS = 300.0
 
-def api_client(kubeconfig: str | None) -> Any:
+AUTH_MODES = ("kubeconfig", "entra")
+
+
+class KubernetesAuthError(ValueError):
+    """The Kubernetes authentication settings are incomplete or malformed; the message names the setting."""
+
+
+class TokenUnavailable(ConnectionError):
+    """No Entra ID token could be had for the Kubernetes API (managed identity endpoint down,
+    identity not assigned, ...). A ConnectionError, so the store reports the Kubernetes API as
+    unavailable (503, retried) rather than failing the request with a 500."""
+
+
+class EntraTokenProvider:
+    """An Entra ID bearer token for the AKS API, renewed before it expires. Thread-safe.
+
+    `get_token` of the credential is called on first use and again whenever less than `margin`
+    seconds remain; concurrent callers wait for one renewal instead of each asking. When a renewal
+    fails while the current token is still valid, the current one is used and the failure logged,
+    so a short outage of the identity endpoint does not fail requests.
+    """
+
+    def __init__(self, credential: Any, scope: str = AKS_SCOPE, margin: float = REFRESH_MARGIN_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._credential = credential
+        self._scope = scope
+        self._margin = margin
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._current: tuple[str, float] | None = None  # (token, expires_on), replaced as a whole
+
+    def token(self) -> str:
+        current = self._current
+        if current is not None and current[1] - self._clock() >= self._margin:
+            return current[0]
+        with self._lock:
+            current = self._current  # another thread may have renewed it while we waited
+            now = self._clock()
+            if current is not None and current[1] - now >= self._margin:
+                return current[0]
+            try:
+                fresh = self._credential.get_token(self._scope)
+            except Exception as exc:  # azure.core ClientAuthenticationError and friends
+                if current is not None and current[1] > now:
+                    log.warning("could not renew the Entra ID token for the Kubernetes API (%s: %s); "
+                                "using the current one for %.0f more seconds", type(exc).__name__, exc,
+                                current[1] - now)
+                    return current[0]
+                log.error("could not get an Entra ID token for the Kubernetes API: %s: %s",
+                          type(exc).__name__, exc)
+                raise TokenUnavailable(f"no Entra ID token for the Kubernetes API ({type(exc).__name__})") from None
+            self._current = (fresh.token, float(fresh.expires_on))
+            log.info("Entra ID token for the Kubernetes API %s, valid for %.0f s",
+                     "renewed" if current is not None else "acquired", float(fresh.expires_on) - now)
+            return fresh.token
+
+    def refresh_hook(self, configuration: Any) -> None:
+        """`Configuration.refresh_api_key_hook`: runs before every request the client sends."""
+        configuration.api_key["authorization"] = "Bearer " + self.token()
+
+
+def api_client(kubeconfig: str | None = None, *, auth: str | None = None, server: str | None = None,
+               ca_data: str | None = None, client_id: str | None = None, credential: Any = None,
+               environ: Mapping[str, str] | None = None) -> Any:
+    """A `kubernetes.client.ApiClient` for the configured authentication.
+
+    Keyword arguments left out are read from the environment: `auth` from KUBERNETES_AUTH,
+    `server` from KUBERNETES_SERVER, `ca_data` from KUBERNETES_CA_DATA, `client_id` from
+    AZURE_CLIENT_ID. `credential` (an azure.core TokenCredential) replaces DefaultAzureCredential,
+    e.g. in tests.
+    """
     from kubernetes import client, config
 
+    env = os.environ if environ is None else environ
+    mode = _setting(auth, env, "KUBERNETES_AUTH") or "kubeconfig"
+    mode = mode.lower()
+    if mode not in AUTH_MODES:
+        raise KubernetesAuthError(f"KUBERNETES_AUTH: must be one of {', '.join(AUTH_MODES)}, not {mode!r}")
+
     configuration = client.Configuration()
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+    if mode == "entra":
+        source = _configure_entra(configuration, _setting(server, env, "KUBERNETES_SERVER"),
+                                  _setting(ca_data, env, "KUBERNETES_CA_DATA"),
+                                  _setting(client_id, env, "AZURE_CLIENT_ID"), credential)
+        if kubeconfig:
+            log.info("KUBERNETES_AUTH=entra: KUBECONFIG %s is not used", kubeconfig)
+    elif kubeconfig is None and env.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)
         source = "in-cluster service account"
     else:
@@ -29,3 +136,66 @@ def api_client(kubeconfig: str | None) -> Any:
     configuration.connection_pool_maxsize = POOL_SIZE
     log.info("Kubernetes API %s via %s", configuration.host, source)
     return client.ApiClient(configuration)
+
+
+def _setting(value: str | None, env: Mapping[str, str], name: str) -> str | None:
+    if value is None:
+        value = env.get(name)
+    value = value.strip() if isinstance(value, str) else value
+    return value or None
+
+
+def _configure_entra(configuration: Any, server: str | None, ca_data: str | None, client_id: str | None,
+                     credential: Any) -> str:
+    if not server:
+        raise KubernetesAuthError("KUBERNETES_SERVER: required with KUBERNETES_AUTH=entra "
+                                  "(the AKS API server URL, https://...)")
+    parts = urlsplit(server)
+    if parts.scheme != "https" or not parts.hostname:
+        # A bearer token must never travel in clear text.
+        raise KubernetesAuthError(f"KUBERNETES_SERVER: must be an https URL, not {server!r}")
+    configuration.host = server.rstrip("/")
+    configuration.verify_ssl = True
+    if ca_data:
+        configuration.ssl_ca_cert = _ca_file(ca_data)
+    else:
+        log.warning("KUBERNETES_CA_DATA is not set: the API server's certificate is checked against "
+                    "the system trust store, which does not hold an AKS cluster's own CA")
+
+    if credential is None:
+        from azure.identity import DefaultAzureCredential  # only on this path: a heavy import
+
+        credential = DefaultAzureCredential(managed_identity_client_id=client_id) if client_id \
+            else DefaultAzureCredential()
+    provider = EntraTokenProvider(credential)
+    # auth_settings() only asks the hook when an "authorization" key exists; the first request fills it.
+    configuration.api_key = {"authorization": ""}
+    configuration.api_key_prefix = {}
+    configuration.refresh_api_key_hook = provider.refresh_hook
+    return f"Entra ID token ({'user-assigned identity ' + client_id if client_id else 'default credential'})"
+
+
+def _ca_file(ca_data: str) -> str:
+    """KUBERNETES_CA_DATA (base64 of PEM, or PEM itself) -> a file the client can verify with.
+
+    The client takes a CA file path only. The file's name is the hash of its content, so every
+    client built with the same CA shares one file, written once.
+    """
+    text = ca_data.strip()
+    if text.startswith("-----BEGIN"):
+        pem = text.encode()
+    else:
+        try:
+            pem = base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise KubernetesAuthError("KUBERNETES_CA_DATA: not valid base64") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise KubernetesAuthError("KUBERNETES_CA_DATA: must be a PEM certificate (base64-encoded, "
+                                  "as certificate-authority-data in a kubeconfig)")
+    path = Path(tempfile.gettempdir()) / f"kubernetes-ca-{hashlib.sha256(pem).hexdigest()[:16]}.pem"
+    if not path.is_file() or path.read_bytes() != pem:
+        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".kubernetes-ca-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        os.replace(partial, path)
+    return str(path)
