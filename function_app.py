@@ -11,6 +11,7 @@ from shared import context
 from shared.http.admin import bp as admin
 from shared.http.openapi import bp as openapi
 from shared.http.public import bp as public
+from shared.http.teams import bp as teams
 from shared.timer import bp as timer
 
 context.load()
@@ -19,4 +20,5 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(public)
 app.register_functions(admin)
 app.register_functions(openapi)
+app.register_functions(teams)
 app.register_functions(timer)

@@ -93,11 +93,14 @@ class FeaturedModel(_Strict):
 
 
 class KaitoModel(_Strict):
-    """An open-source model served by a KAITO workspace (team access)."""
+    """An open-source model served by a KAITO workspace (team access). The preset ends up in the
+    Workspace name `{team}-{preset}` and in the team's gateway policy, so it is a plain name."""
 
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,40}[a-z0-9])?$")
-    preset: str = Field(min_length=1)
-    instance_type: str = Field(min_length=1)
+    preset: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,50}[a-z0-9])?$",
+                        description="KAITO preset name, e.g. phi-3-mini-4k-instruct")
+    instance_type: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+                               description="the GPU VM size, e.g. Standard_NC6s_v3")
 
 
 # --- requests and rules -----------------------------------------------------------------------------
@@ -183,6 +186,10 @@ class AppConfig(_Strict):
         unknown = [f.id for f in self.featured_models if f.id not in ids]
         if unknown:
             raise ValueError(f"featured_models name ids not in models: {', '.join(unknown)}")
+        kaito = [k.name for k in self.kaito_models] + [k.preset for k in self.kaito_models if k.preset != k.name]
+        repeated = sorted({n for n in kaito if kaito.count(n) > 1})
+        if repeated:
+            raise ValueError(f"kaito_models names and presets must be unique; repeated: {', '.join(repeated)}")
         return self
 
     def model_post_init(self, __context: object) -> None:

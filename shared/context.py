@@ -113,12 +113,8 @@ def _processor():
 
 def team_api_ids(current: Settings | None = None) -> tuple[str, ...]:
     """APIM_TEAM_API_IDS: the APIM API ids every team product is linked to (comma-separated)."""
-    current = current or settings()
-    raw = getattr(current, "apim_team_api_ids", None)
-    if raw is None:
-        raw = os.environ.get("APIM_TEAM_API_IDS", "")
-    items = raw.split(",") if isinstance(raw, str) else list(raw)
-    return tuple(dict.fromkeys(item.strip() for item in items if item and item.strip()))
+    raw = (current or settings()).apim_team_api_ids
+    return tuple(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip()))
 
 
 def team_store():

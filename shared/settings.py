@@ -76,6 +76,8 @@ class Settings(BaseModel):
     apim_resource_group: str | None = Field(None, alias="APIM_RESOURCE_GROUP")
     apim_service_name: str | None = Field(None, alias="APIM_SERVICE_NAME")
     apim_gateway_url: str | None = Field(None, alias="APIM_GATEWAY_URL")
+    apim_team_api_ids: str = Field("", alias="APIM_TEAM_API_IDS",
+                                   description="comma-separated APIM API ids every team product is linked to")
     arm_endpoint: str = Field("https://management.azure.com", alias="ARM_ENDPOINT")
     azure_client_id: str | None = Field(
         None, alias="AZURE_CLIENT_ID", description="user-assigned managed identity; empty: system-assigned"

@@ -1,4 +1,5 @@
-"""The approval timer: every APPROVAL_SCHEDULE (default every 30 s), one processor tick.
+"""The approval timer: every APPROVAL_SCHEDULE (default every 30 s), one processor tick, then
+one team reconcile tick (shared/services/teams.py).
 
 `use_monitor=True` lets the host catch up a schedule missed while the app was down; the host's
 singleton lock keeps two ticks of one app from overlapping, and the processor's leases keep
@@ -22,4 +23,7 @@ bp = func.Blueprint()
 def approval_timer(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.warning("approval timer is running late")
-    context.processor().run_tick()
+    try:
+        context.processor().run_tick()
+    finally:  # teams are a use case of their own: a failed request tick does not hold them up
+        context.team_reconciler().run_tick()

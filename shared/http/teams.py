@@ -1,0 +1,180 @@
+"""Team access endpoints (the GitOps flow): validate a file, submit or update a team, delete it,
+read its status. One Functions function per endpoint.
+
+- `POST /api/teams/validate`: anonymous on purpose, so a pull request's check can call it without
+  a secret (pull requests from forks get none). It changes nothing and never shows a key; its plan
+  shows the team's stored grant (models, limits, owner), which is what the repository's main
+  branch already holds, next to what the file asks for.
+- `PUT /api/teams/{name}`, `DELETE /api/teams/{name}`: admin authentication (shared/http/auth.py):
+  the CI job that merges teams' files sends ADMIN_API_KEY; Basic and Entra ID work too.
+- `GET /api/teams/{name}`: admin authentication as well: the status holds operational detail
+  (the last APIM error, what is provisioned), though never a key.
+
+The body is the access.yaml text (`Content-Type: application/yaml` or `text/yaml`, the file's
+path optionally in `?path=`), or JSON `{"path": ..., "content": ...}`. At most 64 KiB of file (413).
+The path lets the folder rule apply: `developer-requests/{team}/access.yaml` must name team {team}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import azure.functions as func
+
+from shared import context
+from shared.http.auth import authenticate
+from shared.http.responses import HttpError, handles_errors, json_response
+
+if TYPE_CHECKING:
+    from shared.domain.team import TeamCatalog, TeamFileError
+    from shared.services.teams import Plan
+
+log = logging.getLogger(__name__)
+bp = func.Blueprint()
+ANONYMOUS = func.AuthLevel.ANONYMOUS  # validate is public; the others authenticate in the app
+
+YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
+# The team modules (schema models, policy, templates) load on the first team call, not on every
+# cold start: most invocations of this app never touch a team. Same value as domain.team's.
+MAX_FILE_BYTES = 64 * 1024
+# JSON carries the file escaped (quotes, newlines), so its frame may be larger than the file.
+MAX_JSON_BYTES = 2 * MAX_FILE_BYTES + 4096
+
+
+def _teams():
+    from shared.services import teams
+
+    return teams
+
+
+def _too_large(limit: int) -> HttpError:
+    return HttpError(413, f"The access file must be at most {MAX_FILE_BYTES:,} bytes (64 KiB); it was not read",
+                     {"limit_bytes": limit})
+
+
+def _file_of(req: func.HttpRequest) -> tuple[str, str]:
+    """(source path, text) from a YAML or JSON body; sizes checked before anything is parsed."""
+    content_type = (req.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    is_json = content_type == "application/json" or content_type.endswith("+json")
+    if content_type not in YAML_TYPES and not is_json:
+        raise HttpError(415, "Send the access.yaml as Content-Type: application/yaml, or JSON "
+                             '{"path": ..., "content": ...} as application/json', {"content_type": content_type or None})
+    limit = MAX_JSON_BYTES if is_json else MAX_FILE_BYTES
+    declared = req.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = req.get_body() or b""
+    if len(body) > limit:
+        raise _too_large(limit)
+    if not is_json:
+        source = (req.params.get("path") or "").strip() or "(body)"
+        try:
+            return source, body.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise HttpError(400, "The body is not UTF-8 text") from None
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HttpError(400, f"The body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("content"), str):
+        raise HttpError(422, "Invalid request: content: the access.yaml text is required as a string",
+                        [{"field": "content", "reason": "required string"}])
+    unknown = sorted(set(data) - {"path", "content"})
+    if unknown:
+        raise HttpError(422, f"Invalid request: unknown field(s) {', '.join(unknown)}; send path and content",
+                        [{"field": name, "reason": "unknown field"} for name in unknown])
+    path = data.get("path")
+    if path is not None and (not isinstance(path, str) or len(path) > 1024):
+        raise HttpError(422, "Invalid request: path: must be a string of at most 1024 characters",
+                        [{"field": "path", "reason": "string, at most 1024 characters"}])
+    if len(data["content"].encode("utf-8")) > MAX_FILE_BYTES:
+        raise _too_large(MAX_FILE_BYTES)
+    return (path or "").strip() or "(body)", data["content"]
+
+
+def _invalid(error: "TeamFileError") -> HttpError:
+    first = str(error.issues[0])
+    more = len(error.issues) - 1
+    message = first + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+    return HttpError(422, message, {"valid": False, "errors": [i.as_dict() for i in error.issues],
+                                    "lines": [str(i) for i in error.issues]})
+
+
+def _catalog() -> "TeamCatalog":
+    from shared.domain.team import TeamCatalog
+
+    return TeamCatalog.from_config(context.config())
+
+
+def _team_param(req: func.HttpRequest) -> str:
+    from shared.domain.team import TEAM_NAME
+
+    name = req.route_params.get("name", "")
+    if not TEAM_NAME.match(name) or len(name) > 63:
+        raise HttpError(404, f"No team named {name[:80]!r}")
+    return name
+
+
+def _check(source: str, text: str) -> tuple[Any, "Plan"]:
+    from shared.domain.team import TeamFileError
+
+    try:
+        return _teams().check(text, source, _catalog(), context.team_store(), context.team_api_ids())
+    except TeamFileError as exc:
+        raise _invalid(exc) from None
+
+
+@bp.function_name("teams_validate")
+@bp.route(route="api/teams/validate", methods=["POST"], auth_level=ANONYMOUS)
+@handles_errors
+def teams_validate(req: func.HttpRequest) -> func.HttpResponse:
+    source, text = _file_of(req)
+    spec, plan = _check(source, text)
+    return json_response({"valid": True, "team": spec.name, "message": f"{source} is valid: team {spec.name}, "
+                                                                       f"{plan.action}", "plan": plan.as_dict()})
+
+
+@bp.function_name("teams_put")
+@bp.route(route="api/teams/{name}", methods=["PUT"], auth_level=ANONYMOUS)
+@handles_errors
+def teams_put(req: func.HttpRequest) -> func.HttpResponse:
+    principal = authenticate(req, context.settings())
+    name = _team_param(req)
+    source, text = _file_of(req)
+    spec, plan = _check(source, text)
+    if spec.name != name:
+        reason = f"is {spec.name!r} but the URL names team {name!r}"
+        raise HttpError(422, f"{source}: team.name: {reason}",
+                        {"valid": False, "errors": [{"path": source, "field": "team.name", "reason": reason}]})
+    record, outcome = _teams().submit(context.team_store(), spec, None if source == "(body)" else source,
+                                      principal.audit_name)
+    answer = {"team": record.name, "generation": record.generation, "phase": record.phase,
+              "outcome": outcome, "changed": outcome != "unchanged", "plan": plan.as_dict()}
+    if outcome == "unchanged":
+        return json_response({**answer, "message": f"Team {name} is unchanged"}, 200)
+    what = {"created": "accepted", "updated": "updated", "retried": "will be retried"}[outcome]
+    return json_response({**answer, "message": f"Team {name} {what} (generation {record.generation}); "
+                                               "the next timer tick applies it"},
+                         201 if outcome == "created" else 202, {"Location": f"/api/teams/{name}"})
+
+
+@bp.function_name("teams_delete")
+@bp.route(route="api/teams/{name}", methods=["DELETE"], auth_level=ANONYMOUS)
+@handles_errors
+def teams_delete(req: func.HttpRequest) -> func.HttpResponse:
+    principal = authenticate(req, context.settings())
+    name = _team_param(req)
+    record = _teams().request_delete(context.team_store(), name, principal.audit_name)
+    return json_response({"team": name, "generation": record.generation, "phase": record.phase,
+                          "message": f"Team {name} will be removed by the next timer tick: its subscription, "
+                                     "product, keys Secret and workspaces"}, 202)
+
+
+@bp.function_name("teams_get")
+@bp.route(route="api/teams/{name}", methods=["GET"], auth_level=ANONYMOUS)
+@handles_errors
+def teams_get(req: func.HttpRequest) -> func.HttpResponse:
+    authenticate(req, context.settings())
+    return json_response(_teams().status(context.team_store(), _team_param(req)))

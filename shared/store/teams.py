@@ -1,0 +1,295 @@
+"""Teams kept as Kubernetes Secrets, one per team, and the teams' key Secrets.
+
+The one place that knows how a team looks in Kubernetes:
+
+- the team's record: Secret `llm-team-access-{team}`, labels `app.kubernetes.io/name=llm-key-requestor`,
+  `app.kubernetes.io/component=llm-team-access`, `team-phase=<phase>` and `team-settled=true` once its
+  current generation is fully reconciled. The normalised spec, the generation pair, the steps done,
+  what is provisioned and the retry state are annotations under `llm-key-requestor/`, so
+  `kubectl describe` tells the story. It holds no key.
+  Runbook: `kubectl get secrets -l app.kubernetes.io/component=llm-team-access -L team-phase` lists
+  teams; `kubectl label secret llm-team-access-<team> team-settled-` makes the timer re-apply
+  everything for that team (e.g. after someone changed its APIM product by hand).
+- the team's keys: Secret `{team}-api-key` with `primary-key` and `secondary-key`, labelled
+  `app.kubernetes.io/component=llm-team-api-key` and `llm-key-requestor/team=<team>`.
+
+Reads on the HTTP path go by name; only the timer's sweep lists, by label selector. Every write of
+a record carries its resourceVersion, so two writers never both win (409 -> Conflict).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from shared.domain.request import utcnow
+from shared.domain.team import TeamRecord, TeamSpec, keys_secret_name, record_name
+from shared.services.ports import Conflict, InvalidArgument, NotFound, StoreError, StoreUnavailable
+from shared.store import codec
+
+log = logging.getLogger(__name__)
+
+TEAM_COMPONENT = "llm-team-access"
+KEYS_COMPONENT = "llm-team-api-key"
+PHASE_LABEL = "team-phase"
+SETTLED_LABEL = "team-settled"
+TEAM_LABEL = codec.PREFIX + "team"
+PREFIX = codec.PREFIX
+
+PRIMARY_KEY = "primary-key"
+SECONDARY_KEY = "secondary-key"
+
+_TIMES = {"created_at": "created-at", "updated_at": "updated-at", "submitted_at": "submitted-at",
+          "provisioned_at": "provisioned-at", "next_attempt_at": "next-attempt-at", "lease_until": "lease-until"}
+_TEXT = {"source": "source", "submitted_by": "submitted-by", "last_error": "last-error",
+         "lease_holder": "lease-holder"}
+_OWN_LABELS = {codec.APP_LABEL, codec.COMPONENT_LABEL, PHASE_LABEL, SETTLED_LABEL, TEAM_LABEL}
+
+
+class InvalidTeamRecord(StoreError):
+    """A Secret labelled as a team record that cannot be read as one."""
+
+
+def team_selector(unsettled_only: bool = False) -> str:
+    selector = f"{codec.APP_LABEL}={codec.APP_NAME},{codec.COMPONENT_LABEL}={TEAM_COMPONENT}"
+    if unsettled_only:
+        selector += f",{SETTLED_LABEL}!=true"  # `!=` also matches a record without the label
+    return selector
+
+
+# --- the record as a Secret ------------------------------------------------------------------------
+
+
+def to_secret(record: TeamRecord, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    meta = (base or {}).get("metadata") or {}
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in _OWN_LABELS}
+    labels.update({codec.APP_LABEL: codec.APP_NAME, codec.COMPONENT_LABEL: TEAM_COMPONENT,
+                   PHASE_LABEL: record.phase, TEAM_LABEL: record.name})
+    if record.settled:
+        labels[SETTLED_LABEL] = "true"
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(PREFIX)}
+    own: dict[str, str | None] = {
+        "team": record.name,
+        "team-spec": record.spec.to_json(),
+        "generation": str(record.generation),
+        "observed-generation": str(record.observed_generation),
+        "deleting": "true" if record.deleting else None,
+        "attempts": str(record.attempts),
+        "steps": json.dumps({k: v.isoformat() for k, v in sorted(record.steps.items())}) if record.steps else None,
+        "applied": json.dumps(dict(record.applied), sort_keys=True) if record.applied else None,
+    }
+    for field, key in _TEXT.items():
+        own[key] = getattr(record, field)
+    for field, key in _TIMES.items():
+        value: datetime | None = getattr(record, field)
+        own[key] = value.isoformat() if value else None
+    annotations.update({PREFIX + k: v for k, v in own.items() if v is not None})
+    metadata: dict[str, Any] = {"name": record_name(record.name), "labels": labels, "annotations": annotations}
+    if record.resource_version:
+        metadata["resourceVersion"] = record.resource_version
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata}
+
+
+def from_secret(secret: dict[str, Any]) -> TeamRecord:
+    meta = secret.get("metadata") or {}
+    name = meta.get("name", "")
+    labels = meta.get("labels") or {}
+    notes = meta.get("annotations") or {}
+    try:
+        values: dict[str, Any] = {}
+        for field, key in _TIMES.items():
+            text = notes.get(PREFIX + key)
+            values[field] = datetime.fromisoformat(text) if text else None
+        for field, key in _TEXT.items():
+            values[field] = notes.get(PREFIX + key)
+        steps = {k: datetime.fromisoformat(v) for k, v in json.loads(notes.get(PREFIX + "steps") or "{}").items()}
+        applied = dict(json.loads(notes.get(PREFIX + "applied") or "{}"))
+        spec = TeamSpec.from_json(notes[PREFIX + "team-spec"])
+        phase = labels.get(PHASE_LABEL) or "pending"
+        if phase not in ("pending", "provisioning", "ready", "failed", "deleting"):
+            raise ValueError(f"label {PHASE_LABEL}={phase!r}")
+        created = values.pop("created_at") or utcnow()
+        return TeamRecord(
+            name=notes.get(PREFIX + "team") or name.removeprefix("llm-team-access-"),
+            spec=spec,
+            generation=int(notes.get(PREFIX + "generation") or 1),
+            observed_generation=int(notes.get(PREFIX + "observed-generation") or 0),
+            phase=phase,
+            created_at=created,
+            updated_at=values.pop("updated_at") or created,
+            deleting=notes.get(PREFIX + "deleting") == "true",
+            settled=labels.get(SETTLED_LABEL) == "true",
+            steps=steps,
+            applied=applied,
+            attempts=int(notes.get(PREFIX + "attempts") or 0),
+            resource_version=meta.get("resourceVersion"),
+            **values,
+        )
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise InvalidTeamRecord(f"{name}: unreadable team record ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+class KubernetesTeamStore:
+    def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0) -> None:
+        from kubernetes.client import CoreV1Api
+
+        self._api = CoreV1Api(api_client)
+        self.namespace = namespace
+        self._timeout = timeout_seconds
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def get(self, team: str) -> TeamRecord | None:
+        secret = self._read(record_name(team))
+        return None if secret is None else from_secret(secret)
+
+    def create(self, record: TeamRecord) -> TeamRecord:
+        """Conflict if the team is already stored (two writers: one wins)."""
+        body = to_secret(record)
+        body["metadata"].pop("resourceVersion", None)
+        return from_secret(self._call("create", self._api.create_namespaced_secret, self.namespace, body))
+
+    def update(self, record: TeamRecord) -> TeamRecord:
+        """Replace the record, keeping labels and annotations that are not ours; guarded by its
+        resourceVersion (Conflict if someone wrote since it was read)."""
+        if record.resource_version is None:
+            raise ValueError("update needs a record read from the store")
+        name = record_name(record.name)
+        current = self._read(name)
+        if current is None:
+            raise NotFound(f"team {record.name} no longer exists")
+        if current["metadata"].get("resourceVersion") != record.resource_version:
+            raise Conflict(f"team {record.name} was changed since it was read")
+        return from_secret(self._call("replace", self._api.replace_namespaced_secret, name, self.namespace,
+                                      to_secret(record, base=current)))
+
+    def delete(self, record: TeamRecord) -> None:
+        """Remove the record, only if it is still the version read."""
+        body = {"preconditions": {"resourceVersion": record.resource_version}} if record.resource_version else {}
+        try:
+            self._call("delete", self._api.delete_namespaced_secret, record_name(record.name), self.namespace,
+                       body=body)
+        except NotFound:
+            pass
+
+    def list_due(self) -> list[TeamRecord]:
+        """Records whose current generation is not settled yet (the timer's sweep)."""
+        records: list[TeamRecord] = []
+        token = None
+        while True:
+            kwargs: dict[str, Any] = {"label_selector": team_selector(unsettled_only=True), "limit": 500}
+            if token:
+                kwargs["_continue"] = token
+            body = self._call("list", self._api.list_namespaced_secret, self.namespace, **kwargs)
+            for secret in body.get("items") or []:
+                try:
+                    records.append(from_secret(secret))
+                except InvalidTeamRecord as exc:
+                    log.warning("skipping unreadable team record: %s", exc)
+            token = (body.get("metadata") or {}).get("continue")
+            if not token:
+                return records
+
+    # --- the team's key Secret ----------------------------------------------------------------------
+
+    def write_keys(self, team: str, primary: str, secondary: str) -> None:
+        """Create or replace `{team}-api-key`. One that exists without our labels (the earlier
+        GitOps flow's) is taken over: its keys are replaced by the subscription's."""
+        name = keys_secret_name(team)
+        data = {PRIMARY_KEY: _b64(primary), SECONDARY_KEY: _b64(secondary)}
+        labels = {codec.APP_LABEL: codec.APP_NAME, codec.COMPONENT_LABEL: KEYS_COMPONENT, TEAM_LABEL: team}
+        current = self._read(name)
+        if current is None:
+            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": name, "labels": labels,
+                                 "annotations": {PREFIX + "team": team, PREFIX + "updated-at": utcnow().isoformat()}},
+                    "data": data}
+            try:
+                self._call("create", self._api.create_namespaced_secret, self.namespace, body)
+                return
+            except Conflict:
+                current = self._read(name)
+                if current is None:
+                    raise StoreUnavailable(f"Secret {name} appeared and vanished; try again") from None
+        meta = current["metadata"]
+        if not _ours(meta, KEYS_COMPONENT):
+            log.warning("Secret %s existed without this app's labels; taking it over for team %s", name, team)
+        if (current.get("data") or {}) == data and _ours(meta, KEYS_COMPONENT):
+            return
+        meta["labels"] = {**(meta.get("labels") or {}), **labels}
+        meta["annotations"] = {**(meta.get("annotations") or {}), PREFIX + "team": team,
+                               PREFIX + "updated-at": utcnow().isoformat()}
+        current["data"] = data
+        current["type"] = current.get("type") or "Opaque"
+        self._call("replace", self._api.replace_namespaced_secret, name, self.namespace, current)
+
+    def delete_keys(self, team: str) -> bool:
+        """Delete `{team}-api-key` if this app owns it; True if it was there."""
+        name = keys_secret_name(team)
+        current = self._read(name)
+        if current is None:
+            return False
+        if not _ours(current["metadata"], KEYS_COMPONENT):
+            log.warning("Secret %s is not labelled as this app's; left in place", name)
+            return False
+        try:
+            self._call("delete", self._api.delete_namespaced_secret, name, self.namespace,
+                       body={"preconditions": {"resourceVersion": current["metadata"]["resourceVersion"]}})
+        except NotFound:
+            return False
+        return True
+
+    def keys_present(self, team: str) -> bool:
+        """Whether `{team}-api-key` holds both keys (their values are never returned)."""
+        current = self._read(keys_secret_name(team))
+        data = (current or {}).get("data") or {}
+        return bool(data.get(PRIMARY_KEY) and data.get(SECONDARY_KEY))
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    def _read(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("read", self._api.read_namespaced_secret, name, self.namespace)
+        except NotFound:
+            return None
+
+    def _call(self, verb: str, method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """One apiserver call, raw JSON in and out, errors mapped to the port's exceptions."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            response = method(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
+            return json.loads(response.data or b"{}")
+        except ApiException as exc:
+            reason = _reason(exc)
+            if exc.status == 404:
+                raise NotFound(f"{verb}: not found") from None
+            if exc.status == 409:
+                raise Conflict(f"{verb}: {reason}") from None
+            if exc.status in (400, 410, 422):
+                raise InvalidArgument(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
+            if exc.status == 429 or exc.status >= 500:
+                raise StoreUnavailable(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
+            raise StoreError(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
+        except (HTTPError, OSError) as exc:
+            raise StoreUnavailable(f"Kubernetes API {verb} failed: {type(exc).__name__}") from None
+
+
+def _ours(meta: dict[str, Any], component: str) -> bool:
+    labels = meta.get("labels") or {}
+    return labels.get(codec.APP_LABEL) == codec.APP_NAME and labels.get(codec.COMPONENT_LABEL) == component
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def _reason(exc: Any) -> str:
+    try:
+        return json.loads(exc.body).get("message") or exc.reason
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
