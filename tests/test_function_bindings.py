@@ -37,3 +37,16 @@ def test_cold_start_imports_no_azure_management_sdks():
             "('azure.mgmt', 'azure.communication', 'azure.identity', 'kubernetes'))))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_every_http_function_is_in_the_openapi_document(functions):
+    from shared.http.openapi import document
+
+    paths = document()["paths"]
+    for name, entry in functions.items():
+        if entry.trigger_type != "httpTrigger":
+            continue
+        path = "/" + entry.trigger["route"]
+        assert path in paths, f"{name}: {path} is not documented"
+        for method in entry.trigger["methods"]:
+            assert method.lower() in paths[path], f"{name}: {method} {path} is not documented"

@@ -32,21 +32,86 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: _json(schemas.ErrorBody, _ERRORS[code]) for code in codes}
 
 
-@functools.cache
-def document() -> dict[str, Any]:
-    models = [schemas.KeyRequestBody, schemas.KeyRequestAnswer, schemas.RequestStatus, schemas.ModelInfo,
-              schemas.ModelList, schemas.FeaturedModelInfo, schemas.FeaturedModelList, schemas.Health,
-              schemas.ErrorBody]
-    components: dict[str, Any] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(schema.pop("$defs", {}))
-        components[model.__name__] = schema
+_ADMIN = [{"basicAuth": []}, {"apiKey": []}, {"appServiceAuth": []}]
+_SECURITY = {
+    "basicAuth": {"type": "http", "scheme": "basic", "description": "ADMIN_USERNAME / ADMIN_PASSWORD"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "x-functions-key", "description": "ADMIN_API_KEY"},
+    "appServiceAuth": {"type": "apiKey", "in": "header", "name": "X-MS-CLIENT-PRINCIPAL",
+                       "description": "App Service authentication with the ADMIN_ROLE app role"},
+}
+_ID = [{"name": "request_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
+_TEAM = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+_ACCESS_YAML = {"required": True, "content": {
+    "application/yaml": {"schema": {"type": "string", "description": "the access.yaml text"}},
+    "application/json": {"schema": {"type": "object", "properties": {
+        "path": {"type": "string"}, "content": {"type": "string"}}, "required": ["content"]}}}}
+
+
+def _op(summary: str, responses: dict[str, str], *, security: bool = True, **extra: Any) -> dict[str, Any]:
+    """A documented operation whose answers are JSON described in prose."""
+    op: dict[str, Any] = {"summary": summary, **extra, "responses": {
+        code: {"description": text, "content": {"application/json": {"schema": (
+            _ref(schemas.ErrorBody) if code[0] in "45" else {"type": "object"})}}}
+        for code, text in responses.items()}}
+    if security:
+        op["security"] = _ADMIN
+    return op
+
+
+def _admin_paths() -> dict[str, Any]:
+    decision = {"content": {"application/json": {"schema": {"type": "object", "properties": {
+        "reason": {"type": "string", "maxLength": 1000}}}}}}
+    acted = {"200": "done; the next timer tick does the rest", "401": "not authenticated",
+             "404": "no such request", "409": "not in a state this applies to"}
     return {
-        "openapi": "3.1.0",
-        "info": {"title": "LLM key requestor", "version": "1.0.0",
-                 "description": "Ask for a key to a large language model; get it by email once approved."},
-        "paths": {
+        "/api/admin/verify": {"post": _op("Check admin credentials", {"200": "authenticated",
+                                                                      "401": "not authenticated"},
+                                          operationId="adminVerify")},
+        "/api/admin/requests": {"get": _op(
+            "List requests (a JSON array; the next page's token in the X-Continue-Token header)",
+            {"200": "an array of {request_id, email, model, state, created_at, updated_at}",
+             "401": "not authenticated", "422": "bad filter, state, limit or continue token"},
+            operationId="adminListRequests", parameters=[
+                {"name": "filter", "in": "query", "schema": {"enum": ["pending", "review", "all"]}},
+                {"name": "state", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                {"name": "continue", "in": "query", "schema": {"type": "string"}}])},
+        "/api/admin/requests/{request_id}": {"get": _op(
+            "A request with its decision, attempts and last error (never a key)",
+            {"200": "the request", "401": "not authenticated", "404": "no such request"},
+            operationId="adminGetRequest", parameters=_ID)},
+        **{f"/api/admin/requests/{{request_id}}/{action}": {"post": _op(
+            f"{action.capitalize()} a request", acted, operationId=f"admin{action.capitalize()}Request",
+            parameters=_ID, requestBody=decision)} for action in ("approve", "deny", "revoke")},
+    }
+
+
+def _team_paths() -> dict[str, Any]:
+    return {
+        "/api/teams/validate": {"post": _op(
+            "Validate an access.yaml and show the plan (what would be created, changed, deleted)",
+            {"200": "the plan", "413": "over 64 KiB", "415": "not YAML or JSON", "422": "the file's errors"},
+            security=False, operationId="validateTeam", requestBody=_ACCESS_YAML)},
+        "/api/teams/{name}": {
+            "put": _op("Submit or update a team's access", {"201": "created; the timer provisions it",
+                                                            "200": "unchanged",
+                                                            "202": "updated; the timer reconciles it",
+                                                            "401": "not authenticated", "422": "the file's errors"},
+                       operationId="putTeam", parameters=_TEAM, requestBody=_ACCESS_YAML),
+            "delete": _op("Remove a team's access", {"202": "accepted; the timer removes it",
+                                                     "401": "not authenticated", "404": "no such team"},
+                          operationId="deleteTeam", parameters=_TEAM),
+            "get": _op("A team's status (never its keys)", {"200": "the status", "401": "not authenticated",
+                                                            "404": "no such team"},
+                       operationId="getTeam", parameters=_TEAM),
+        },
+    }
+
+
+def _public_paths() -> dict[str, Any]:
+    return {
+            "/api/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                          "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/health": {"get": {"operationId": "health", "summary": "Liveness, and whether the store answers",
                                 "responses": {"200": _json(schemas.Health, "healthy"),
                                               "503": _json(schemas.Health, "the store does not answer")}}},
@@ -68,8 +133,25 @@ def document() -> dict[str, Any]:
                 "parameters": [{"name": "request_id", "in": "path", "required": True,
                                 "schema": {"type": "string", "format": "uuid"}}],
                 "responses": {"200": _json(schemas.RequestStatus, "the status"), **_errors("404", "503")}}},
-        },
-        "components": {"schemas": components},
+        }
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    models = [schemas.KeyRequestBody, schemas.KeyRequestAnswer, schemas.RequestStatus, schemas.ModelInfo,
+              schemas.ModelList, schemas.FeaturedModelInfo, schemas.FeaturedModelList, schemas.Health,
+              schemas.ErrorBody]
+    components: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "LLM key requestor", "version": "1.0.0",
+                 "description": "Ask for a key to a large language model; get it by email once approved."},
+        "paths": {**_public_paths(), **_admin_paths(), **_team_paths()},
+        "components": {"schemas": components, "securitySchemes": _SECURITY},
     }
 
 
