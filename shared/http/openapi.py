@@ -110,30 +110,30 @@ def _team_paths() -> dict[str, Any]:
 
 def _public_paths() -> dict[str, Any]:
     return {
-            "/api/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
-                                          "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-            "/health": {"get": {"operationId": "health", "summary": "Liveness, and whether the store answers",
-                                "responses": {"200": _json(schemas.Health, "healthy"),
-                                              "503": _json(schemas.Health, "the store does not answer")}}},
-            "/api/models": {"get": {"operationId": "listModels", "summary": "The model catalog",
-                                    "responses": {"200": _json(schemas.ModelList, "the models")}}},
-            "/api/featured-models": {"get": {
-                "operationId": "listFeaturedModels", "summary": "The featured models",
-                "responses": {"200": _json(schemas.FeaturedModelList, "the featured models")}}},
-            "/api/request-key": {"post": {
-                "operationId": "requestKey",
-                "summary": "Ask for a key; a second ask for the same email and model returns the first",
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": _ref(schemas.KeyRequestBody)}}},
-                "responses": {"201": _json(schemas.KeyRequestAnswer, "a new request was recorded"),
-                              "200": _json(schemas.KeyRequestAnswer, "an open request already exists"),
-                              **_errors("400", "413", "415", "422", "503")}}},
-            "/api/requests/{request_id}": {"get": {
-                "operationId": "getRequestStatus", "summary": "A request's status (never its key)",
-                "parameters": [{"name": "request_id", "in": "path", "required": True,
-                                "schema": {"type": "string", "format": "uuid"}}],
-                "responses": {"200": _json(schemas.RequestStatus, "the status"), **_errors("404", "503")}}},
-        }
+        "/api/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/health": {"get": {"operationId": "health", "summary": "Liveness, and whether the store answers",
+                            "responses": {"200": _json(schemas.Health, "healthy"),
+                                          "503": _json(schemas.Health, "the store does not answer")}}},
+        "/api/models": {"get": {"operationId": "listModels", "summary": "The model catalog",
+                                "responses": {"200": _json(schemas.ModelList, "the models")}}},
+        "/api/featured-models": {"get": {
+            "operationId": "listFeaturedModels", "summary": "The featured models",
+            "responses": {"200": _json(schemas.FeaturedModelList, "the featured models")}}},
+        "/api/request-key": {"post": {
+            "operationId": "requestKey",
+            "summary": "Ask for a key; a second ask for the same email and model returns the first",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref(schemas.KeyRequestBody)}}},
+            "responses": {"201": _json(schemas.KeyRequestAnswer, "a new request was recorded"),
+                          "200": _json(schemas.KeyRequestAnswer, "an open request already exists"),
+                          **_errors("400", "413", "415", "422", "503")}}},
+        "/api/requests/{request_id}": {"get": {
+            "operationId": "getRequestStatus", "summary": "A request's status (never its key)",
+            "parameters": [{"name": "request_id", "in": "path", "required": True,
+                            "schema": {"type": "string", "format": "uuid"}}],
+            "responses": {"200": _json(schemas.RequestStatus, "the status"), **_errors("404", "503")}}},
+    }
 
 
 @functools.cache
