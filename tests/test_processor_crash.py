@@ -392,7 +392,8 @@ def test_a_crash_at_each_step_boundary_resumes_to_one_consistent_state(crashing,
     assert (dead.settled is not None) == at.settled, killed
     if at.state == APPROVED:
         assert dead.done("litellm-issued") == at.issued, killed
-    assert dead.lease_holder is not None, "a SIGKILLed holder never releases its lease"
+    if dead.settled is None:  # the write that settles a request also releases its lease
+        assert dead.lease_holder is not None, "a SIGKILLed holder never releases its lease"
     assert len(crashing.litellm.rows(alias=alias)) == at.live_keys, killed
     assert len(mails_to(crashing, address)) == at.emails, killed
 

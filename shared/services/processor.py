@@ -183,6 +183,8 @@ class Processor:
         return self._release(request).state
 
     def _release(self, request: KeyRequest) -> KeyRequest:
+        if request.lease_holder is None:
+            return request  # released with the last step's record
         try:
             return self.store.update(request.with_changes(lease_holder=None, lease_until=None))
         except (Conflict, NotFound, StoreError):
@@ -197,10 +199,13 @@ class Processor:
         except PermanentError as exc:
             return self.store.update(self._failed(request, exc.message))
         now = self.clock()
-        # Each recorded step renews the lease, so a long series of steps keeps the request ours.
+        # Each recorded step renews the lease, so a long series of steps keeps the request ours;
+        # the last one (nothing left to do now) releases it in the same write.
+        last = self._next_step(changed) is None
         return self.store.update(changed.with_changes(
             now, attempts=0, last_error=None, next_attempt_at=None,
-            lease_until=now + timedelta(seconds=self.options.lease_seconds)))
+            lease_holder=None if last else changed.lease_holder,
+            lease_until=None if last else now + timedelta(seconds=self.options.lease_seconds)))
 
     def _retry_later(self, request: KeyRequest, exc: TransientError) -> KeyRequest:
         attempts = request.attempts + 1
@@ -221,7 +226,8 @@ class Processor:
         log.warning("request %s (%s): attempt %d failed, retrying in %.0f s: %s",
                     request.id, request.state, attempts, delay, exc.message)
         return self.store.update(request.with_changes(
-            now, attempts=attempts, last_error=exc.message, next_attempt_at=now + timedelta(seconds=delay)))
+            now, attempts=attempts, last_error=exc.message, next_attempt_at=now + timedelta(seconds=delay),
+            lease_holder=None, lease_until=None))
 
     def _failed(self, request: KeyRequest, reason: str) -> KeyRequest:
         log.error("request %s failed: %s", request.id, reason)

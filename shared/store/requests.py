@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
@@ -31,6 +33,8 @@ CLAIM_TIME_ANNOTATION = codec.PREFIX + "claimed-at"
 # (its writer died between writing the claim and the request).
 CLAIM_GRACE = timedelta(seconds=10)
 HEALTH_PROBE_NAME = "llm-key-requestor-health-probe"
+# Request Secrets last read or written, so an update of what we just saw needs no second read.
+RECENT_MAX = 2048
 
 
 class InvalidRecordError(StoreError):
@@ -44,6 +48,8 @@ class KubernetesRequestStore:
         self._api = CoreV1Api(api_client)
         self.namespace = namespace
         self._timeout = timeout_seconds
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     # --- the port ---------------------------------------------------------------------------
 
@@ -93,12 +99,13 @@ class KubernetesRequestStore:
         """Replace the request's Secret, keeping what is not ours; guarded by resourceVersion.
 
         A full replace rather than a merge patch, so annotations and keys the new value no longer
-        has are removed. The read first keeps foreign labels and annotations (an operator's note).
+        has are removed. The object it replaces (read now, unless this store just read or wrote
+        that very version) keeps foreign labels and annotations (an operator's note).
         """
         if request.resource_version is None:
             raise ValueError("update needs a request read from the store")
         name = codec.request_name(request.id)
-        current = self._read(name)
+        current = self._recalled(name, request.resource_version) or self._read(name)
         if current is None:
             raise NotFound(f"request {request.id} no longer exists")
         if current["metadata"].get("resourceVersion") != request.resource_version:
@@ -118,8 +125,8 @@ class KubernetesRequestStore:
         items = []
         for secret in body.get("items") or []:
             try:
-                items.append(codec.from_secret(secret))
-            except codec.InvalidRecord as exc:
+                items.append(self._decode(secret))
+            except InvalidRecordError as exc:
                 log.warning("skipping unreadable request Secret: %s", exc)
         return items, (body.get("metadata") or {}).get("continue") or None
 
@@ -140,9 +147,22 @@ class KubernetesRequestStore:
 
     def _decode(self, secret: dict[str, Any]) -> KeyRequest:
         try:
-            return codec.from_secret(secret)
+            request = codec.from_secret(secret)
         except codec.InvalidRecord as exc:
             raise InvalidRecordError(str(exc)) from None
+        with self._recent_lock:
+            self._recent[secret["metadata"]["name"]] = secret
+            self._recent.move_to_end(secret["metadata"]["name"])
+            if len(self._recent) > RECENT_MAX:
+                self._recent.popitem(last=False)
+        return request
+
+    def _recalled(self, name: str, resource_version: str) -> dict[str, Any] | None:
+        with self._recent_lock:
+            secret = self._recent.get(name)
+        if secret is not None and secret["metadata"].get("resourceVersion") == resource_version:
+            return secret
+        return None
 
     def _read(self, name: str) -> dict[str, Any] | None:
         try:
