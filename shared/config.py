@@ -161,7 +161,7 @@ class Notifications(_Strict):
     reviewers: list[str] = Field(default_factory=list)
     admins: list[str] = Field(default_factory=list)
     admin_url: str = ""
-    subjects: dict[Literal["approved", "denied", "review", "failed", "team"], str] = Field(default_factory=dict)
+    subjects: dict[Literal["approved", "denied", "review", "failed", "undeliverable", "team"], str] = Field(default_factory=dict)
 
 
 # --- the whole file ---------------------------------------------------------------------------------

@@ -119,6 +119,12 @@ class Mailbox:
         self.messages: list = []
         self._lock = threading.Lock()
 
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # aiosmtpd hook
+        if address.startswith("bounce"):  # a mailbox that does not exist: a permanent refusal
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
         from email import policy
         from email.parser import BytesParser

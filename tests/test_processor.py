@@ -141,6 +141,17 @@ def test_rules_deny_and_review(processing, litellm_standin, smtp_server):
     assert processing.tick().due == 0, "in-review requests wait for a human once reviewers are told"
 
 
+def test_an_undeliverable_denial_is_recorded_and_reported_to_the_admins(processing, smtp_server):
+    request = processing.submit("bounce@blocked.example", "ruled-model")
+    processing.tick()
+    denied = processing.get(request)
+    assert denied.state == State.DENIED and denied.settled == State.DENIED
+    assert denied.last_error.startswith("denied email:") and "550" in denied.last_error
+    notice = smtp_server.mailbox.to("admin@example.com")
+    assert len(notice) == 1 and "could not be delivered" in notice[0]["Subject"]
+    assert processing.tick().due == 0
+
+
 def kubectl(cluster, namespace: str, *args: str) -> None:
     subprocess.run([shutil.which("kubectl"), "--kubeconfig", str(cluster.kubeconfig), "-n", namespace, *args],
                    check=True, capture_output=True, timeout=60)

@@ -32,6 +32,7 @@ DEFAULT_SUBJECTS: Mapping[str, str] = {
     "denied": "{product}: your request for {model} was denied",
     "review": "{product}: review needed for {model} ({email})",
     "failed": "{product}: request {request_id} for {model} failed",
+    "undeliverable": "{product}: the {email_kind} email for request {request_id} could not be delivered",
     "team": "{product}: access for team {team} {event}",
 }
 
@@ -185,9 +186,21 @@ def review_email(request: KeyRequest, notifications: Notifications, reviewers: S
     )
 
 
+def undeliverable_email(request: KeyRequest, kind: str, error: str, notifications: Notifications,
+                        admins: Sequence[str]) -> Email:
+    """Tells admins that an email about a request was refused for good (e.g. an invalid recipient)."""
+    text, html = _render("failed", **_staff_context(request, notifications), undelivered=kind, error=error)
+    return Email(
+        to=tuple(admins),
+        subject=subject("undeliverable", notifications, email_kind=kind, model=request.model, model_id=request.model,
+                        email=request.email, request_id=request.id),
+        text=text, html=html, idempotency_key=f"{request.id}-{kind}-undeliverable",
+    )
+
+
 def failed_email(request: KeyRequest, notifications: Notifications, admins: Sequence[str]) -> Email:
     """Tells admins a request gave up, with the reason and error the processor recorded."""
-    text, html = _render("failed", **_staff_context(request, notifications))
+    text, html = _render("failed", **_staff_context(request, notifications), undelivered=None, error=None)
     return Email(
         to=tuple(admins),
         subject=subject("failed", notifications, model=request.model, model_id=request.model,

@@ -344,6 +344,7 @@ class Processor:
                         raise PermanentError(f"the approval email could not be delivered: {exc.message}") from None
                     log.error("request %s: %s email undeliverable: %s", request.id, kind, exc.message)
                     request = request.with_changes(self.clock(), last_error=f"{kind} email: {exc.message}")
+                    self._tell_admins_undeliverable(request, kind, exc.message)
                 else:
                     log.info("request %s: %s email sent to %d recipient(s)", request.id, kind, len(email.to))
             now = self.clock()
@@ -353,6 +354,15 @@ class Processor:
             return done.with_changes(now, settled=request.state)
 
         return step
+
+    def _tell_admins_undeliverable(self, request: KeyRequest, kind: str, error: str) -> None:
+        admins = self.config.notifications.admins
+        if not admins or kind == "failed":  # the failed email goes to the admins already
+            return
+        try:
+            self.notifier.send(messages.undeliverable_email(request, kind, error, self.config.notifications, admins))
+        except (TransientError, PermanentError) as exc:
+            log.error("request %s: could not tell the admins either: %s", request.id, exc.message)
 
     def _approved_email(self, request: KeyRequest) -> Email:
         model = self._model(request)
