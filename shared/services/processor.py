@@ -202,8 +202,10 @@ class Processor:
         # Each recorded step renews the lease, so a long series of steps keeps the request ours;
         # the last one (nothing left to do now) releases it in the same write.
         last = self._next_step(changed) is None
+        # A step that succeeded clears the error of its earlier tries, but keeps one it recorded.
+        error = changed.last_error if changed.last_error != request.last_error else None
         return self.store.update(changed.with_changes(
-            now, attempts=0, last_error=None, next_attempt_at=None,
+            now, attempts=0, last_error=error, next_attempt_at=None,
             lease_holder=None if last else changed.lease_holder,
             lease_until=None if last else now + timedelta(seconds=self.options.lease_seconds)))
 
