@@ -152,43 +152,46 @@ class ApimProvisioner:
 
     def _run(self, what: str, call: Callable[[], T],
              on_missing: Callable[[str], BackendError] | None) -> T:
-        """`call` with quick retries, its errors mapped to TransientError / PermanentError.
-        `on_missing` builds the error for a 404 from ARM's message; None lets ResourceNotFoundError
-        through to the caller."""
-        from azure.core.exceptions import (
-            ClientAuthenticationError,
-            HttpResponseError,
-            ResourceNotFoundError,
-            ServiceRequestError,
-            ServiceRequestTimeoutError,
-            ServiceResponseError,
-            ServiceResponseTimeoutError,
-        )
+        return call_arm(f"APIM {what}", call, on_missing, timeout=self._timeout,
+                        retries=self._quick_retries, max_wait=self._max_inline_wait)
 
-        label = f"APIM {what}"
 
-        def attempt() -> T:
-            try:
-                return call()
-            except (ServiceRequestTimeoutError, ServiceResponseTimeoutError):
-                # Already waited the whole timeout: no quick retry, the processor reschedules.
-                raise TransientError(f"{label}: timed out after {self._timeout:g} s") from None
-            except (ServiceRequestError, ServiceResponseError) as exc:
-                raise Retryable(TransientError(f"{label}: connection failed ({type(exc).__name__})")) from None
-            except ClientAuthenticationError as exc:
-                # No response: the token service failed (e.g. the managed identity endpoint is down);
-                # a 401 from ARM: the token was refused. Both may heal without a change to the request.
-                reason = "ARM refused the token" if exc.response is not None else "could not get a token"
-                raise TransientError(f"{label}: {reason} ({_arm_message(exc)})") from None
-            except ResourceNotFoundError as exc:
-                if on_missing is None:
-                    raise
-                raise on_missing(_arm_message(exc)) from None
-            except HttpResponseError as exc:
-                raise _mapped(label, exc) from None
+def call_arm(label: str, call: Callable[[], T], on_missing: Callable[[str], BackendError] | None, *,
+             timeout: float, retries: int, max_wait: float) -> T:
+    """`call` with quick retries, its errors mapped to TransientError / PermanentError (every
+    APIM call of the app goes through here). `on_missing` builds the error for a 404 from ARM's
+    message; None lets ResourceNotFoundError through to the caller."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceRequestTimeoutError,
+        ServiceResponseError,
+        ServiceResponseTimeoutError,
+    )
 
-        return with_retries(attempt, label, retries=self._quick_retries, max_wait=self._max_inline_wait)
+    def attempt() -> T:
+        try:
+            return call()
+        except (ServiceRequestTimeoutError, ServiceResponseTimeoutError):
+            # Already waited the whole timeout: no quick retry, the processor reschedules.
+            raise TransientError(f"{label}: timed out after {timeout:g} s") from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise Retryable(TransientError(f"{label}: connection failed ({type(exc).__name__})")) from None
+        except ClientAuthenticationError as exc:
+            # No response: the token service failed (e.g. the managed identity endpoint is down);
+            # a 401 from ARM: the token was refused. Both may heal without a change to the request.
+            reason = "ARM refused the token" if exc.response is not None else "could not get a token"
+            raise TransientError(f"{label}: {reason} ({_arm_message(exc)})") from None
+        except ResourceNotFoundError as exc:
+            if on_missing is None:
+                raise
+            raise on_missing(_arm_message(exc)) from None
+        except HttpResponseError as exc:
+            raise _mapped(label, exc) from None
 
+    return with_retries(attempt, label, retries=retries, max_wait=max_wait)
 
 def _mapped(label: str, exc: Any) -> Exception:
     status = exc.status_code or 0

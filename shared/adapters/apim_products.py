@@ -15,9 +15,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from shared.adapters.apim import _arm_message, _mapped  # one error mapping for every APIM call
+from shared.adapters.apim import _arm_message, call_arm  # one error mapping for every APIM call
 from shared.adapters.azure_clients import DEFAULT_ARM_ENDPOINT, apim_client, default_credential
-from shared.adapters.http_retry import Retryable, with_retries
 from shared.services.ports import BackendError, PermanentError, TransientError
 
 if TYPE_CHECKING:
@@ -188,33 +187,5 @@ class ApimTeamProducts:
             log.info("APIM %s: already gone (%s)", what, _arm_message(exc))
 
     def _run(self, what: str, call: Callable[[], T], on_missing: Callable[[str], BackendError] | None) -> T:
-        from azure.core.exceptions import (
-            ClientAuthenticationError,
-            HttpResponseError,
-            ResourceNotFoundError,
-            ServiceRequestError,
-            ServiceRequestTimeoutError,
-            ServiceResponseError,
-            ServiceResponseTimeoutError,
-        )
-
-        label = f"APIM {what}"
-
-        def attempt() -> T:
-            try:
-                return call()
-            except (ServiceRequestTimeoutError, ServiceResponseTimeoutError):
-                raise TransientError(f"{label}: timed out after {self._timeout:g} s") from None
-            except (ServiceRequestError, ServiceResponseError) as exc:
-                raise Retryable(TransientError(f"{label}: connection failed ({type(exc).__name__})")) from None
-            except ClientAuthenticationError as exc:
-                reason = "ARM refused the token" if exc.response is not None else "could not get a token"
-                raise TransientError(f"{label}: {reason} ({_arm_message(exc)})") from None
-            except ResourceNotFoundError as exc:
-                if on_missing is None:
-                    raise
-                raise on_missing(_arm_message(exc)) from None
-            except HttpResponseError as exc:
-                raise _mapped(label, exc) from None
-
-        return with_retries(attempt, label, retries=self._quick_retries, max_wait=self._max_inline_wait)
+        return call_arm(f"APIM {what}", call, on_missing, timeout=self._timeout,
+                        retries=self._quick_retries, max_wait=self._max_inline_wait)
