@@ -1,8 +1,9 @@
 """The Azure Functions app: builds the FunctionApp and registers the blueprints.
 
 Each HTTP endpoint is its own function (so the Portal shows each one's invocations and
-failures); the approval timer runs the processor every APPROVAL_SCHEDULE. Settings and config.yaml are validated here, at start-up: a bad value stops the app
-with the file, the field and the reason.
+failures); the approval timer runs the processor every APPROVAL_SCHEDULE. Settings and
+config.yaml are validated here, at start-up: a bad value stops the app with the file, the
+field and the reason.
 """
 
 import azure.functions as func
