@@ -142,7 +142,7 @@ class KubernetesRequestStore:
             except StoreError:
                 pass
             raise
-        log.info("request %s stored for model %s", request.id, request.model)
+        log.debug("request %s stored for model %s", request.id, request.model)
         return self._decode(secret)
 
     def _decode(self, secret: dict[str, Any]) -> KeyRequest:
