@@ -57,7 +57,7 @@ def test_reconcile_creates_everything(harness, catalog):
     assert outcome == "created" and record.generation == 1 and record.phase == "pending"
 
     report = h.tick()
-    assert (report.due, report.reconciled, report.outcomes) == (1, 1, {"ready": 1})
+    assert (report.due, report.processed, report.outcomes) == (1, 1, {"ready": 1})
 
     product = h.service.products["product-beta"].properties
     assert product["state"] == "published" and product["subscriptionRequired"] is True
@@ -117,7 +117,7 @@ def test_reconcile_twice_makes_no_duplicate(harness, catalog):
     # Unsettled by hand (the runbook's resync): every step runs again, and still one of each.
     h.core.patch_namespaced_secret("llm-team-access-alpha", h.namespace,
                                    {"metadata": {"labels": {"team-settled": None}}})
-    assert h.tick().reconciled == 1
+    assert h.tick().processed == 1
     assert list(h.service.products) == ["product-alpha"] and list(h.service.subscriptions) == ["sub-alpha"]
     assert decoded(h.secret("alpha-api-key")) == keys
     assert h.store.get("alpha").phase == "ready"

@@ -30,17 +30,15 @@ import logging
 import os
 import random
 import socket
-import threading
-import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Callable, Mapping
 
 from shared.config import AppConfig, CatalogModel
 from shared.domain import rules
 from shared.domain.request import KeyRequest, State, utcnow
-from shared.services import messages
+from shared.services import messages, ticks
+from shared.services.ticks import TickReport
 from shared.services.ports import (
     Conflict,
     Credentials,
@@ -76,22 +74,6 @@ class ProcessorOptions:
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
-@dataclasses.dataclass
-class TickReport:
-    due: int = 0
-    processed: int = 0
-    skipped: int = 0  # not due yet, leased by another processor, or changed under us
-    left_for_next_tick: int = 0
-    outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
-
-    def count(self, field: str, outcome: str | None = None) -> None:
-        with self._lock:
-            setattr(self, field, getattr(self, field) + 1)
-            if outcome:
-                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-
-
 class _Wait(Exception):
     """The current step must wait (its backend failed transiently); the retry is recorded."""
 
@@ -124,31 +106,14 @@ class Processor:
         return [r for r in found if r.next_attempt_at is None or r.next_attempt_at <= now]
 
     def run_tick(self) -> TickReport:
-        started = time.monotonic()
-        deadline = started + self.options.time_budget_seconds
-        report = TickReport()
-        requests = self.due()
-        report.due = len(requests)
+        def work(request: KeyRequest) -> str | None:
+            state = self.process(request)
+            return state.value if state else None
 
-        def work(request: KeyRequest) -> None:
-            if time.monotonic() > deadline:
-                report.count("left_for_next_tick")
-                return
-            try:
-                outcome = self.process(request)
-            except Exception:  # noqa: BLE001 - one request's bug must not stop the others
-                log.exception("request %s: unexpected error; it stays as it is for the next tick", request.id)
-                outcome = None
-            if outcome is None:
-                report.count("skipped")
-            else:
-                report.count("processed", outcome.value)
-
-        with ThreadPoolExecutor(max(1, self.options.concurrency), thread_name_prefix="process") as pool:
-            list(pool.map(work, requests))
-        log.info("tick: %d due, %d processed %s, %d skipped, %d left for the next tick, %.1f s",
-                 report.due, report.processed, report.outcomes, report.skipped, report.left_for_next_tick,
-                 time.monotonic() - started)
+        report = ticks.run_tick(self.due(), work, describe=lambda r: f"request {r.id}",
+                                concurrency=self.options.concurrency,
+                                budget_seconds=self.options.time_budget_seconds, name="process")
+        log.info("tick: %s", report.summary())
         return report
 
     # --- one request ------------------------------------------------------------------------

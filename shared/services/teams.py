@@ -23,10 +23,7 @@ import logging
 import os
 import random
 import socket
-import threading
-import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
@@ -45,6 +42,8 @@ from shared.domain.team import (
     product_id,
     subscription_id,
 )
+from shared.services import ticks
+from shared.services.ticks import TickReport
 from shared.services.ports import (
     Conflict,
     NotFound,
@@ -373,22 +372,6 @@ class TeamReconcilerOptions:
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
-@dataclasses.dataclass
-class TeamTickReport:
-    due: int = 0
-    reconciled: int = 0
-    skipped: int = 0
-    left_for_next_tick: int = 0
-    outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
-
-    def count(self, field: str, outcome: str | None = None) -> None:
-        with self._lock:
-            setattr(self, field, getattr(self, field) + 1)
-            if outcome:
-                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-
-
 class _Wait(Exception):
     """The current step must wait (transient failure); the retry is recorded."""
 
@@ -411,34 +394,12 @@ class TeamReconciler:
         now = self.clock()
         return [r for r in self.store.list_due() if r.next_attempt_at is None or r.next_attempt_at <= now]
 
-    def run_tick(self) -> TeamTickReport:
-        started = time.monotonic()
-        deadline = started + self.options.time_budget_seconds
-        report = TeamTickReport()
-        records = self.due()
-        report.due = len(records)
-        if not records:
-            return report
-
-        def work(record: TeamRecord) -> None:
-            if time.monotonic() > deadline:
-                report.count("left_for_next_tick")
-                return
-            try:
-                outcome = self.reconcile(record)
-            except Exception:  # noqa: BLE001 - one team's bug must not stop the others
-                log.exception("team %s: unexpected error; it stays as it is for the next tick", record.name)
-                outcome = None
-            if outcome is None:
-                report.count("skipped")
-            else:
-                report.count("reconciled", outcome)
-
-        with ThreadPoolExecutor(max(1, self.options.concurrency), thread_name_prefix="teams") as pool:
-            list(pool.map(work, records))
-        log.info("team tick: %d due, %d reconciled %s, %d skipped, %d left for the next tick, %.1f s",
-                 report.due, report.reconciled, report.outcomes, report.skipped, report.left_for_next_tick,
-                 time.monotonic() - started)
+    def run_tick(self) -> TickReport:
+        report = ticks.run_tick(self.due(), self.reconcile, describe=lambda r: f"team {r.name}",
+                                concurrency=self.options.concurrency,
+                                budget_seconds=self.options.time_budget_seconds, name="teams")
+        if report.due:
+            log.info("team tick: %s", report.summary())
         return report
 
     # --- one team -----------------------------------------------------------------------------------
