@@ -193,7 +193,7 @@ def test_end_to_end_with_the_timer_and_status_never_shows_keys(client, arm, apim
     from azure.functions.timer import TimerRequest
 
     from local_host.functions import invoke
-    from shared.adapters import apim_products
+    from shared.adapters import apim
 
     service_name, service = apim_service
     monkeypatch.setenv("APIM_SUBSCRIPTION_ID", AZURE_SUBSCRIPTION)
@@ -201,7 +201,7 @@ def test_end_to_end_with_the_timer_and_status_never_shows_keys(client, arm, apim
     monkeypatch.setenv("APIM_SERVICE_NAME", service_name)
     monkeypatch.setenv("ARM_ENDPOINT", arm.url)
     monkeypatch.setenv("CA_BUNDLE", str(arm.ca_pem_path))
-    monkeypatch.setattr(apim_products, "default_credential", lambda client_id=None: StaticToken(arm.token))
+    monkeypatch.setattr(apim, "default_credential", lambda client_id=None: StaticToken(arm.token))
     context.reset()
 
     put = client.put("/api/teams/beta", json={"path": "developer-requests/beta/access.yaml",

@@ -41,8 +41,12 @@ def subscription_id(request: KeyRequest) -> str:
     return f"llmkr-{request.id}"
 
 
-class ApimProvisioner:
-    backend = "apim"
+class ApimService:
+    """One APIM instance through the management SDK: the client (built once, lazily, so the SDK is
+    imported only when used), its credential, and every call's timeouts, retries and error mapping.
+    Request subscriptions (below) and team products (apim_products.py) build on it."""
+
+    purpose = "APIM"
 
     def __init__(self, subscription_id: str, resource_group: str, service_name: str, *,
                  base_url: str = DEFAULT_ARM_ENDPOINT, credential: "TokenCredential | None" = None,
@@ -62,19 +66,37 @@ class ApimProvisioner:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "ApimProvisioner":
+    def from_settings(cls, settings: Any) -> "ApimService":
         """From the app settings (`shared.settings.Settings`); the APIM_* names are required."""
         missing = [name for name, value in (("APIM_SUBSCRIPTION_ID", settings.apim_subscription_id),
                                             ("APIM_RESOURCE_GROUP", settings.apim_resource_group),
                                             ("APIM_SERVICE_NAME", settings.apim_service_name)) if not value]
         if missing:
-            raise ValueError(f"APIM provisioning needs {', '.join(missing)}")
+            raise ValueError(f"{cls.purpose} needs {', '.join(missing)}")
         return cls(settings.apim_subscription_id, settings.apim_resource_group, settings.apim_service_name,
                    base_url=settings.arm_endpoint, managed_identity_client_id=settings.azure_client_id,
                    ca_bundle=settings.ca_bundle)
 
     def __repr__(self) -> str:
-        return f"ApimProvisioner(service={self._service!r}, resource_group={self._resource_group!r})"
+        return f"{type(self).__name__}(service={self._service!r}, resource_group={self._resource_group!r})"
+
+    def _apim(self) -> Any:
+        with self._lock:  # one client (and one token cache) for all concurrent calls
+            if self._client is None:
+                credential = self._credential or default_credential(self._client_id)
+                self._client = apim_client(self._azure_subscription, self._base_url, credential,
+                                           self._ca_bundle, timeout_seconds=self._timeout)
+            return self._client
+
+    def _run(self, what: str, call: Callable[[], T],
+             on_missing: Callable[[str], BackendError] | None) -> T:
+        return call_arm(f"APIM {what}", call, on_missing, timeout=self._timeout,
+                        retries=self._quick_retries, max_wait=self._max_inline_wait)
+
+
+class ApimProvisioner(ApimService):
+    backend = "apim"
+    purpose = "APIM provisioning"
 
     # --- the Provisioner protocol -------------------------------------------------------------------
 
@@ -139,21 +161,6 @@ class ApimProvisioner:
                         "(request %s)", sid, self._service, _arm_message(exc), request.id)
             return
         log.info("APIM subscription %s deleted (request %s)", sid, request.id)
-
-    # --- SDK calls --------------------------------------------------------------------------------------
-
-    def _apim(self) -> Any:
-        with self._lock:  # one client (and one token cache) for all concurrent requests
-            if self._client is None:
-                credential = self._credential or default_credential(self._client_id)
-                self._client = apim_client(self._azure_subscription, self._base_url, credential,
-                                           self._ca_bundle, timeout_seconds=self._timeout)
-            return self._client
-
-    def _run(self, what: str, call: Callable[[], T],
-             on_missing: Callable[[str], BackendError] | None) -> T:
-        return call_arm(f"APIM {what}", call, on_missing, timeout=self._timeout,
-                        retries=self._quick_retries, max_wait=self._max_inline_wait)
 
 
 def call_arm(label: str, call: Callable[[], T], on_missing: Callable[[str], BackendError] | None, *,

@@ -11,16 +11,10 @@ permanent. Deleting what is not there counts as success. The SDKs are imported o
 from __future__ import annotations
 
 import logging
-import threading
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
-from shared.adapters.apim import _arm_message, call_arm  # one error mapping for every APIM call
-from shared.adapters.azure_clients import DEFAULT_ARM_ENDPOINT, apim_client, default_credential
+from shared.adapters.apim import ApimService, _arm_message  # one client and error mapping for every APIM call
 from shared.services.ports import BackendError, PermanentError, TransientError
-
-if TYPE_CHECKING:
-    from azure.core.credentials import TokenCredential
 
 log = logging.getLogger(__name__)
 
@@ -31,37 +25,8 @@ SUBSCRIPTIONS_LIMIT = 1  # one subscription per team product: `sub-{team}`
 DISPLAY_NAME_MAX = 100
 
 
-class ApimTeamProducts:
-    def __init__(self, subscription_id: str, resource_group: str, service_name: str, *,
-                 base_url: str = DEFAULT_ARM_ENDPOINT, credential: "TokenCredential | None" = None,
-                 managed_identity_client_id: str | None = None, ca_bundle: Path | str | None = None,
-                 timeout_seconds: float = 10.0, quick_retries: int = 2, max_inline_wait: float = 5.0) -> None:
-        self._azure_subscription = subscription_id
-        self._resource_group = resource_group
-        self._service = service_name
-        self._base_url = base_url
-        self._credential = credential
-        self._client_id = managed_identity_client_id
-        self._ca_bundle = ca_bundle
-        self._timeout = timeout_seconds
-        self._quick_retries = quick_retries
-        self._max_inline_wait = max_inline_wait
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "ApimTeamProducts":
-        missing = [name for name, value in (("APIM_SUBSCRIPTION_ID", settings.apim_subscription_id),
-                                            ("APIM_RESOURCE_GROUP", settings.apim_resource_group),
-                                            ("APIM_SERVICE_NAME", settings.apim_service_name)) if not value]
-        if missing:
-            raise ValueError(f"APIM team products need {', '.join(missing)}")
-        return cls(settings.apim_subscription_id, settings.apim_resource_group, settings.apim_service_name,
-                   base_url=settings.arm_endpoint, managed_identity_client_id=settings.azure_client_id,
-                   ca_bundle=settings.ca_bundle)
-
-    def __repr__(self) -> str:
-        return f"ApimTeamProducts(service={self._service!r}, resource_group={self._resource_group!r})"
+class ApimTeamProducts(ApimService):
+    purpose = "APIM team products"
 
     # --- product ---------------------------------------------------------------------------------
 
@@ -169,14 +134,6 @@ class ApimTeamProducts:
     def _service_missing(self, arm: str) -> BackendError:
         return PermanentError(f"APIM service {self._service} (resource group {self._resource_group}) not found: {arm}")
 
-    def _apim(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                credential = self._credential or default_credential(self._client_id)
-                self._client = apim_client(self._azure_subscription, self._base_url, credential,
-                                           self._ca_bundle, timeout_seconds=self._timeout)
-            return self._client
-
     def _gone_ok(self, what: str, call: Callable[[], Any]) -> None:
         """A delete: 404 (the resource or its parent is gone) counts as done."""
         from azure.core.exceptions import ResourceNotFoundError
@@ -186,6 +143,3 @@ class ApimTeamProducts:
         except ResourceNotFoundError as exc:
             log.info("APIM %s: already gone (%s)", what, _arm_message(exc))
 
-    def _run(self, what: str, call: Callable[[], T], on_missing: Callable[[str], BackendError] | None) -> T:
-        return call_arm(f"APIM {what}", call, on_missing, timeout=self._timeout,
-                        retries=self._quick_retries, max_wait=self._max_inline_wait)
