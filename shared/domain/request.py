@@ -47,7 +47,9 @@ class InvalidInput(ValueError):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    # Full precision: retry times and leases are compared with it, and a truncated clock would
+    # hold a retry due in 50 ms until the next whole second.
+    return datetime.now(timezone.utc)
 
 
 def new_request_id() -> str:
