@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import base64
 import cProfile
-import importlib.util
 import io
 import json
 import os
@@ -51,6 +50,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import free_port, load_local_cluster  # noqa: E402
 
 MODEL = "bench-auto"
 GOAL_SECONDS = 30.0  # one tick of the default APPROVAL_SCHEDULE
@@ -170,21 +171,6 @@ def child(profile_out: str | None, log_file: str) -> None:
 
 
 # --- the parent: servers, seeding, checks -------------------------------------------------------------------
-
-def load_local_cluster():
-    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "scripts" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 class Mailbox:
     """aiosmtpd handler: keeps each message's recipients and raw bytes (parsed after the run)."""

@@ -15,6 +15,7 @@ from azure.core.credentials import AccessToken
 
 from shared.config import Notifications, load_config
 from shared.domain.team import TeamCatalog
+from tests.test_local_cluster import CRD_NAME, GROUP, PLURAL, VERSION, WORKSPACE_CRD  # the one CRD body
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,22 +102,6 @@ def catalog(app_config) -> TeamCatalog:
 AZURE_SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
 RESOURCE_GROUP = "rg-teams"
 API_IDS = ("azure-openai", "openai-v1")
-GROUP, VERSION, PLURAL = "kaito.sh", "v1beta1", "workspaces"
-CRD_NAME = f"{PLURAL}.{GROUP}"
-WORKSPACE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": CRD_NAME},
-    "spec": {
-        "group": GROUP,
-        "scope": "Namespaced",
-        "names": {"plural": PLURAL, "singular": "workspace", "kind": "Workspace", "shortNames": ["wk"]},
-        "versions": [{"name": VERSION, "served": True, "storage": True,
-                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}
-
-
 class StaticToken:
     """A TokenCredential with the token the ARM stand-in accepts."""
 
