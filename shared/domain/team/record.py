@@ -1,0 +1,64 @@
+"""A team as the store keeps it: the desired `TeamSpec`, its generation, and how far reconciling that
+generation got (steps done, lease, attempts, last error). It is the reconciler's state rather than a
+reading of the file, so it lives apart from the file-reading modules: shared/store/teams.py persists
+it, shared/services/teams.py advances it, and it refers only to `TeamSpec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from shared.domain.team.spec import TeamSpec
+
+Phase = Literal["pending", "provisioning", "ready", "failed", "deleting"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TeamRecord:
+    """A team as stored: its desired spec (generation) and how far reconciling it got.
+
+    `generation` grows with every change of what the team is granted (or a deletion request);
+    `observed_generation` is the last generation fully reconciled. A team is settled when they
+    are equal and its phase is final (ready or failed); the timer's sweep skips settled teams.
+    """
+
+    name: str
+    spec: TeamSpec
+    generation: int
+    observed_generation: int
+    phase: Phase
+    created_at: datetime
+    updated_at: datetime
+    deleting: bool = False
+    settled: bool = False
+    source: str | None = None
+    submitted_by: str | None = None
+    submitted_at: datetime | None = None
+    provisioned_at: datetime | None = None  # first time the owner was told "provisioned"
+    steps: Mapping[str, datetime] = dataclasses.field(default_factory=dict)  # done in this generation
+    applied: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # what is provisioned now
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    lease_holder: str | None = None
+    lease_until: datetime | None = None
+    resource_version: str | None = None
+
+    def done(self, step: str) -> bool:
+        return step in self.steps
+
+    def leased_by_other(self, holder: str, now: datetime) -> bool:
+        return (self.lease_holder not in (None, holder) and self.lease_until is not None
+                and self.lease_until > now)
+
+    def with_changes(self, now: datetime, **changes: Any) -> TeamRecord:
+        return dataclasses.replace(self, updated_at=now, **changes)
+
+    def next_generation(self, now: datetime, **changes: Any) -> TeamRecord:
+        """A new desired state: its work starts from nothing."""
+        fresh: dict[str, Any] = {"generation": self.generation + 1, "steps": {}, "settled": False,
+                                 "attempts": 0, "last_error": None, "next_attempt_at": None}
+        return self.with_changes(now, **{**fresh, **changes})
