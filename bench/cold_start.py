@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,10 @@ def main() -> None:
     args = parser.parse_args()
     runs = []
     for _ in range(args.runs):
-        out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
+        # The shipped config.yaml issues LiteLLM keys, so the app refuses to start without a master key.
+        env = {"LITELLM_API_KEY": "sk-cold-start-unused", **os.environ}
+        out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                             check=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     seconds = statistics.median(r["seconds"] for r in runs)
     rss = statistics.median(r["rss_mb"] for r in runs)

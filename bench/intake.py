@@ -45,7 +45,8 @@ def seed(api, namespace: str, count: int) -> None:
 
 def start_host(port: int, kubeconfig: Path, namespace: str, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBERNETES_NAMESPACE": namespace,
-           "CONFIG_FILE": str(ROOT / "config.yaml"), "APPROVAL_SCHEDULE": "0 0 0 1 1 *"}
+           "CONFIG_FILE": str(ROOT / "config.yaml"), "APPROVAL_SCHEDULE": "0 0 0 1 1 *",
+           "TEAM_SCHEDULE": "0 0 0 1 1 *", "LITELLM_API_KEY": "sk-bench-unused-placeholder"}
     proc = subprocess.Popen([sys.executable, "-m", "local_host", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30

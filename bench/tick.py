@@ -26,6 +26,11 @@ times and judges the goal on the slowest. `--profile` instead runs cProfile insi
 subprocess over a 200-request tick (every worker thread profiled, wall and CPU clocks):
 
     .venv/bin/python bench/tick.py --profile [--requests 200] [--concurrency 8]
+
+`--compare-with TREE` runs another checkout's tick (its own bench/tick.py child, its own code)
+and this one's alternately on the same cluster and stand-ins, and prints the ratio:
+
+    git worktree add /tmp/before <commit> && .venv/bin/python bench/tick.py --compare-with /tmp/before --repeat 3
 """
 
 from __future__ import annotations
@@ -103,9 +108,9 @@ def instrument(processor) -> dict[str, list]:
                 add(name, time.perf_counter() - started)
         return wrapper
 
-    store = processor.store
-    call = store._call
-    store._call = lambda verb, method, *args, **kwargs: timed(f"kube {verb}", call)(verb, method, *args, **kwargs)
+    gateway = processor.store._secrets  # every apiserver call of the store goes through its gateway
+    call = gateway._call
+    gateway._call = lambda verb, method, *args, **kwargs: timed(f"kube {verb}", call)(verb, method, *args, **kwargs)
     for backend, provisioner in processor.provisioners.items():
         provisioner.issue = timed(f"{backend} issue", provisioner.issue)
     processor.notifier.send = timed("email send", processor.notifier.send)
@@ -282,7 +287,8 @@ def machine_cpu() -> tuple[float, float]:
 
 
 def run(api, env: dict, work: Path, mailbox: Mailbox, litellm, concurrency: int, count: int,
-        cluster, profile_out: str | None = None) -> dict:
+        cluster, profile_out: str | None = None, tree: Path = ROOT) -> dict:
+    """One tick in a subprocess of the app in `tree` (this checkout, or another one to compare with)."""
     run_id = uuid.uuid4().hex[:6]
     namespace = f"bench-tick-c{concurrency}-{run_id}"
     api.create_namespace({"metadata": {"name": namespace}})
@@ -291,7 +297,7 @@ def run(api, env: dict, work: Path, mailbox: Mailbox, litellm, concurrency: int,
     mailbox.clear()
     log_file = work / f"tick-{namespace}.log"
     child_env = {**env, "KUBERNETES_NAMESPACE": namespace, "PROCESSOR_CONCURRENCY": str(concurrency)}
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--log-file", str(log_file)]
+    command = [sys.executable, str(tree / "bench" / "tick.py"), "--child", "--log-file", str(log_file)]
     if profile_out:
         command += ["--profile-out", profile_out]
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -299,7 +305,7 @@ def run(api, env: dict, work: Path, mailbox: Mailbox, litellm, concurrency: int,
                                                        ("etcd", cluster.etcd_pid))}
     machine = machine_cpu()
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=child_env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, cwd=tree, env=child_env, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - started
     machine_busy = machine_cpu()[0] - machine[0]
     after, kids_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -368,7 +374,7 @@ def print_profile(path: str, requests: int, clock: str) -> None:
           "per-request wall times above for absolute figures)")
     interesting = [
         ("processor.py", "process"), ("processor.py", "due"), ("requests.py", "update"), ("requests.py", "_read"),
-        ("requests.py", "list"), ("requests.py", "_call"), ("codec.py", "to_secret"), ("codec.py", "from_secret"),
+        ("requests.py", "list"), ("secrets.py", "_call"), ("codec.py", "to_secret"), ("codec.py", "from_secret"),
         ("litellm.py", "issue"), ("email_smtp.py", "send"), ("email_smtp.py", "build_message"),
         ("processor.py", "_approved_email"), ("messages.py", "_render"), ("rules.py", "decide"),
         ("api_client.py", "call_api"), ("api_client.py", "sanitize_for_serialization"),
@@ -393,6 +399,24 @@ def print_profile(path: str, requests: int, clock: str) -> None:
     print("\n".join(line for line in out.getvalue().splitlines()[6:] if line.strip()))
 
 
+def compare(api, env: dict, work: Path, mailbox: Mailbox, litellm, concurrency: int, count: int, cluster,
+            other: Path, repeat: int) -> None:
+    """This checkout's tick against another's, alternately, `repeat` times each; the ratio of the medians."""
+    times: dict[str, list[float]] = {"this": [], "other": []}
+    for _ in range(repeat):
+        for name, tree in (("other", other), ("this", ROOT)):
+            result = run(api, env, work, mailbox, litellm, concurrency, count, cluster, tree=tree)
+            print(f"[{name}: {tree}]")
+            show(result)
+            if result["active"] != count:
+                raise SystemExit(f"{name}: only {result['active']} of {count} requests ended active")
+            times[name].append(result["seconds"])
+    mine, theirs = statistics.median(times["this"]), statistics.median(times["other"])
+    print(f"\nconcurrency {concurrency}, {count} requests, median of {repeat}: this tree {mine:.2f} s "
+          f"({sorted(times['this'])}), {other} {theirs:.2f} s ({sorted(times['other'])}); "
+          f"ratio this/other = {mine / theirs:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=None, help="due requests per run (1000; 200 with --profile)")
@@ -404,6 +428,9 @@ def main() -> None:
                         help="runs per concurrency (the tick's time varies ~10%% run to run on a 2-CPU machine)")
     parser.add_argument("--generate-latency", type=float, default=0.05, help="seconds LiteLLM takes per /key/generate")
     parser.add_argument("--profile", action="store_true", help="cProfile one tick in the subprocess instead")
+    parser.add_argument("--compare-with", type=Path, metavar="TREE",
+                        help="another checkout of the app (e.g. `git worktree add /tmp/old <commit>`): its tick and "
+                             "this one's run alternately on the same cluster, and the ratio is printed")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--log-file", help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
@@ -434,7 +461,7 @@ def main() -> None:
                 "KUBECONFIG": str(cluster.kubeconfig), "CONFIG_FILE": str(config_file),
                 "LITELLM_BASE_URL": litellm.url, "LITELLM_API_KEY": litellm.master_key,
                 "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port), "SMTP_USE_TLS": "none",
-                "PROCESSOR_TIME_BUDGET_SECONDS": "600", "LOG_LEVEL": "INFO",
+                "PROCESSOR_TIME_BUDGET_SECONDS": "150", "LOG_LEVEL": "INFO",
             })
             print(f"{count} due requests per run (pending, auto-approved model {MODEL}); LiteLLM /key/generate "
                   f"answers in {args.generate_latency * 1000:.0f} ms; real kube-apiserver, real SMTP server; "
@@ -448,6 +475,10 @@ def main() -> None:
                     print_profile(out, count, clock)
                 return
 
+            if args.compare_with:
+                compare(api, env, work, mailbox, litellm, args.concurrency[0], count, cluster,
+                        args.compare_with.resolve(), args.repeat)
+                return
             runs: dict[int, list[dict]] = {}
             for _ in range(args.repeat):
                 for concurrency in args.concurrency:

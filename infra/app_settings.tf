@@ -50,8 +50,10 @@ locals {
     KUBERNETES_TIMEOUT_SECONDS = var.kubernetes_timeout_seconds
     KUBECONFIG                 = "" # not used with KUBERNETES_AUTH=entra
 
+    # The two schedules are read by the Functions host (%APPROVAL_SCHEDULE%, %TEAM_SCHEDULE%).
     CONFIG_FILE       = var.config_file
     APPROVAL_SCHEDULE = var.approval_schedule
+    TEAM_SCHEDULE     = var.team_schedule
     CA_BUNDLE         = var.ca_bundle
     LOG_LEVEL         = var.log_level
 
@@ -60,6 +62,7 @@ locals {
     PROCESSOR_MAX_ATTEMPTS        = var.processor.max_attempts
     PROCESSOR_LEASE_SECONDS       = var.processor.lease_seconds
     PROCESSOR_BACKOFF_SECONDS     = var.processor.backoff_seconds
+    TEAM_TIME_BUDGET_SECONDS      = var.team_time_budget_seconds
 
     LITELLM_BASE_URL        = var.litellm_base_url
     LITELLM_GATEWAY_URL     = var.litellm_gateway_url

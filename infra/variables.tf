@@ -314,16 +314,28 @@ variable "litellm_timeout_seconds" {
 # --- Behaviour -----------------------------------------------------------------------------------------
 
 variable "approval_schedule" {
-  description = "NCRONTAB (seconds first) of the approval timer."
+  description = "NCRONTAB (seconds first) of the approval timer (approval_timer: the requests)."
   type        = string
   default     = "*/30 * * * * *"
 }
 
+variable "team_schedule" {
+  description = "NCRONTAB (seconds first) of the team timer (team_timer: team access, docs/teams.md)."
+  type        = string
+  default     = "*/30 * * * * *"
+}
+
+variable "team_time_budget_seconds" {
+  description = "TEAM_TIME_BUDGET_SECONDS: a team tick takes no new work after this; with the longest step it must fit in host.json functionTimeout (the app refuses to start otherwise)."
+  type        = number
+  default     = 60
+}
+
 variable "processor" {
-  description = "The approval processor's bounds (PROCESSOR_* settings); time_budget_seconds must stay below host.json functionTimeout."
+  description = "The approval processor's bounds (PROCESSOR_* settings); time_budget_seconds plus the longest step must fit in host.json functionTimeout, and lease_seconds must outlast the longest step (the app refuses to start otherwise)."
   type = object({
     concurrency         = optional(number, 8)
-    time_budget_seconds = optional(number, 240)
+    time_budget_seconds = optional(number, 180)
     max_attempts        = optional(number, 6)
     lease_seconds       = optional(number, 120)
     backoff_seconds     = optional(number, 10)

@@ -54,7 +54,7 @@ class CorsPolicy:
     def decorate(self, request: Request, response: Response) -> None:
         """Add the CORS headers to an actual response (errors too, so the page can read them)."""
         origin = request.headers.get("Origin")
-        if not self.allows(origin):
+        if origin is None or not self.allows(origin):
             return
         exposed = sorted({k for k, _ in response.headers if k.lower() not in _NOT_EXPOSED
                           and not k.lower().startswith("access-control-")})

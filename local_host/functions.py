@@ -62,6 +62,8 @@ def _import_fresh(path: Path) -> types.ModuleType:
     importlib.invalidate_caches()  # files written just now (tests) must be importable
     sys.modules.pop("function_app", None)
     spec = importlib.util.spec_from_file_location("function_app", file)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {file}")
     module = importlib.util.module_from_spec(spec)
     sys.modules["function_app"] = module
     try:
@@ -117,6 +119,8 @@ def _forget_names(app: FunctionRegister) -> None:
 
 def _entry(fn: func.Function) -> FunctionEntry:
     name = fn.get_function_name()
+    if name is None:  # the SDK falls back to the Python function's name, so only a bad function_name() gets here
+        raise ValueError(f"function {fn.get_user_function().__name__} has no name")
     bindings = tuple(json.loads(fn.get_function_json())["bindings"])
     triggers = [b for b in bindings if b["type"].endswith("Trigger")]
     if len(triggers) != 1:

@@ -17,8 +17,8 @@ _FIELDS = [
     ("minute", 0, 59, None),
     ("hour", 0, 23, None),
     ("day", 1, 31, None),
-    ("month", 1, 12, "jan feb mar apr may jun jul aug sep oct nov dec".split()),
-    ("day-of-week", 0, 6, "sun mon tue wed thu fri sat".split()),
+    ("month", 1, 12, ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]),
+    ("day-of-week", 0, 6, ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]),
 ]
 _SEARCH_YEARS = 10  # a schedule with no time in 10 years (Feb 30, say) never fires
 _ITEM = re.compile(r"^(?:(\*)|(\w+)(?:-(\w+))?)(?:/(\d+))?$")
@@ -36,7 +36,7 @@ class Ncrontab:
                 "'{second} {minute} {hour} {day} {month} {day-of-week}' (or 5 without seconds), "
                 f"got {len(fields)}")
         self.seconds, self.minutes, self.hours, self.days, self.months, self.days_of_week = (
-            self._parse_field(text, *spec) for text, spec in zip(fields, _FIELDS))
+            self._parse_field(text, *spec) for text, spec in zip(fields, _FIELDS, strict=True))
 
     def __repr__(self) -> str:
         return f"Ncrontab({self.expression!r})"

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable
 
 from werkzeug.routing import BaseConverter, Map, Rule, ValidationError
 
@@ -35,9 +34,9 @@ _TYPE_REGEX = {
 # Constraints on the value, checked after the match. (werkzeug then answers 404 without trying
 # other rules, where ASP.NET would try them: close enough for a dev host.)
 _CHECKS: dict[str, Callable[[str, list[str]], bool]] = {
-    "min": lambda v, a: _num(v) is not None and _num(v) >= float(a[0]),
-    "max": lambda v, a: _num(v) is not None and _num(v) <= float(a[0]),
-    "range": lambda v, a: _num(v) is not None and float(a[0]) <= _num(v) <= float(a[1]),
+    "min": lambda v, a: (n := _num(v)) is not None and n >= float(a[0]),
+    "max": lambda v, a: (n := _num(v)) is not None and n <= float(a[0]),
+    "range": lambda v, a: (n := _num(v)) is not None and float(a[0]) <= n <= float(a[1]),
     "minlength": lambda v, a: len(v) >= int(a[0]),
     "maxlength": lambda v, a: len(v) <= int(a[0]),
     "length": lambda v, a: len(v) == int(a[0]) if len(a) == 1 else int(a[0]) <= len(v) <= int(a[1]),
@@ -128,10 +127,11 @@ def _parse_param(body: str, segment: str) -> Param:
         cm = re.match(r":(\w+)", rest)
         if not cm:
             raise ValueError(f"bad constraint in route segment {segment!r}")
-        kind, rest, args = cm.group(1).lower(), rest[cm.end():], ()
+        kind, rest = cm.group(1).lower(), rest[cm.end():]
+        args: tuple[str, ...] = ()
         if rest.startswith("("):
             depth, j = 0, 0
-            for j, ch in enumerate(rest):  # regex arguments may hold parentheses
+            for j, ch in enumerate(rest):  # noqa: B007 - j is read after it; regex arguments may hold parentheses
                 depth += {"(": 1, ")": -1}.get(ch, 0)
                 if depth == 0:
                     break
@@ -180,7 +180,9 @@ class RouteTable:
                 break
         rules = []
         for keep in range(len(segments), len(segments) - omittable - 1, -1):
-            names, defaults, parts = [], [], []
+            names: list[tuple[str, str]] = []
+            defaults: list[tuple[str, str]] = []
+            parts: list[str] = []
             for seg in segments[:keep]:
                 text = ""
                 for part in seg:
@@ -192,8 +194,10 @@ class RouteTable:
                         text += f"<{self._converter(part)}:{rule_name}>"
                 parts.append(text)
             for seg in segments[keep:]:  # left out: their defaults still reach the function
-                if seg[0].default is not None:
-                    defaults.append((seg[0].name, seg[0].default))
+                param = seg[0]
+                assert isinstance(param, Param)  # only one-Param segments are omittable (above)
+                if param.default is not None:
+                    defaults.append((param.name, param.default))
             path = "/" + "/".join(filter(None, [self.route_prefix, *parts]))
             self.targets.append(Target(entry, tuple(names), tuple(defaults)))
             rules.append(Rule(path, endpoint=len(self.targets) - 1, methods=methods))

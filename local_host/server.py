@@ -36,7 +36,9 @@ class LocalHost:
 
     def __init__(self, server: BaseWSGIServer, wsgi: LocalWsgiApp, timers: TimerScheduler) -> None:
         self.server, self.wsgi, self.timers = server, wsgi, timers
-        self.host, self.port = server.server_address[:2]
+        address = server.server_address  # TCP: (host, port), or (host, port, flowinfo, scope_id) with IPv6
+        assert isinstance(address, tuple) and isinstance(address[0], str)
+        self.host, self.port = address[0], address[1]
         self.url = f"http://{self.host}:{self.port}"
         self._thread = threading.Thread(target=server.serve_forever, name="local_host-http", daemon=True)
 

@@ -8,14 +8,15 @@ still going is skipped, not queued. Times are UTC, the Functions default.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 
-import azure.functions as func
+from azure.functions.decorators.function_app import FunctionRegister
 from azure.functions.timer import TimerRequest  # func.TimerRequest is the abstract type
 
 from .functions import FunctionEntry, index_functions, invoke
@@ -37,13 +38,25 @@ def resolve_schedule(schedule: str, environ: Mapping[str, str], function_name: s
     return _SETTING.sub(setting, schedule)
 
 
+Clock = Callable[[], datetime]
+# Waits up to the seconds given for `stopping`; True once it is set. Injected in tests.
+Wait = Callable[[threading.Event, float], bool]
+
+
+def _wait(stopping: threading.Event, seconds: float) -> bool:
+    return stopping.wait(seconds)
+
+
 class _Timer:
-    def __init__(self, entry: FunctionEntry, environ: Mapping[str, str]) -> None:
+    def __init__(self, entry: FunctionEntry, environ: Mapping[str, str], clock: Clock | None = None,
+                 wait: Wait = _wait) -> None:
         self.entry = entry
+        self.now = clock or _now
+        self.wait = wait
         self.schedule = resolve_schedule(str(entry.trigger.get("schedule", "")), environ, entry.name)
         try:
             self.cron = Ncrontab(self.schedule)
-            self.cron.next_after(_now())  # a schedule that never fires fails here, not in the thread
+            self.cron.next_after(self.now())  # a schedule that never fires fails here, not in the thread
         except ValueError as e:
             raise ValueError(f"timer {entry.name}: {e}") from None
         self.run_on_startup = bool(entry.trigger.get("runOnStartup"))
@@ -57,15 +70,15 @@ class _Timer:
 
     def _loop(self, stopping: threading.Event) -> None:
         if self.run_on_startup and not stopping.is_set():
-            self._fire(_now(), _now())
-        due = self.cron.next_after(_now())
-        while not stopping.wait(max(0.0, (due - _now()).total_seconds())):
-            now = _now()
+            self._fire(self.now(), self.now())
+        due = self.cron.next_after(self.now())
+        while not self.wait(stopping, max(0.0, (due - self.now()).total_seconds())):
+            now = self.now()
             if now < due:  # woke a little early
                 continue
             self._fire(due, now)
             # The run may have overrun later occurrences: skip them, as the singleton lock does.
-            following, now = self.cron.next_after(due), _now()
+            following, now = self.cron.next_after(due), self.now()
             due = self.cron.next_after(now)
             if following < now:
                 log.warning("Timer %s: the previous run overran; skipping occurrences from %s "
@@ -80,10 +93,8 @@ class _Timer:
             schedule={"AdjustForDST": True},
         )
         self.last = scheduled
-        try:
+        with contextlib.suppress(Exception):  # logged by invoke(); the timer keeps its schedule
             invoke(self.entry, request, reason=f"Timer fired at {now.isoformat()}")
-        except Exception:  # logged by invoke(); the timer keeps its schedule
-            pass
 
 
 class TimerScheduler:
@@ -92,9 +103,11 @@ class TimerScheduler:
     Schedules are resolved and parsed in the constructor, so a bad one fails start-up.
     """
 
-    def __init__(self, app: func.FunctionApp, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, app: FunctionRegister, environ: Mapping[str, str] | None = None,
+                 clock: Clock | None = None, wait: Wait = _wait) -> None:
         environ = os.environ if environ is None else environ
-        self.timers = [_Timer(e, environ) for e in index_functions(app) if e.trigger_type == "timerTrigger"]
+        self.timers = [_Timer(e, environ, clock, wait) for e in index_functions(app)
+                       if e.trigger_type == "timerTrigger"]
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -102,7 +115,7 @@ class TimerScheduler:
         self._stopping = threading.Event()
         for timer in self.timers:
             log.info("Timer %s: schedule '%s', next at %s", timer.entry.name, timer.schedule,
-                     timer.cron.next_after(_now()).isoformat())
+                     timer.cron.next_after(timer.now()).isoformat())
             thread = threading.Thread(target=timer.run, args=(self._stopping,),
                                       name=f"timer-{timer.entry.name}", daemon=True)
             thread.start()
@@ -117,4 +130,4 @@ class TimerScheduler:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

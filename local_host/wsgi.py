@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import azure.functions as func
+from azure.functions.decorators.function_app import FunctionRegister
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.wrappers import Request, Response
 
@@ -53,7 +55,8 @@ class LocalWsgiApp:
         http_request = func.HttpRequest(
             method=request.method,
             url=request.url,
-            headers={k: ", ".join(request.headers.getlist(k)) for k in request.headers.keys()},
+            # .keys(): werkzeug's Headers iterate as (key, value) pairs, not as keys
+            headers={k: ", ".join(request.headers.getlist(k)) for k in request.headers.keys()},  # noqa: SIM118
             params=request.args.to_dict(),
             route_params=route_params,
             body=request.get_data(),
@@ -63,7 +66,7 @@ class LocalWsgiApp:
         except BadResult as e:
             log.error("Functions.%s: %s", entry.name, e)
             response = _json_error(500, "Internal server error", None)
-        except Exception:  # invoke() has logged the traceback
+        except Exception:  # noqa: BLE001 - the boundary; invoke() has logged the traceback
             response = _json_error(500, "Internal server error", None)
         log.info("%s %s -> %d (Functions.%s)", request.method, request.path, response.status_code, entry.name)
         return response
@@ -95,7 +98,7 @@ def _json_error(status: int, message: str, detail: Any) -> Response:
                     content_type="application/json")
 
 
-def build_wsgi_app(app: func.FunctionApp, route_prefix: str = "api", cors_origins: list[str] = (),
+def build_wsgi_app(app: FunctionRegister, route_prefix: str = "api", cors_origins: Sequence[str] = (),
                    cors_credentials: bool = False) -> LocalWsgiApp:
     """A WSGI callable serving `app`'s HTTP functions under `route_prefix` ("" for none)."""
     entries = [e for e in index_functions(app) if e.trigger_type == "httpTrigger"]

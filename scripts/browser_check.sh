@@ -134,7 +134,8 @@ cp "$work/local.settings.json" "$out/local.settings.json"
 say "starting the app on $API (CORS: $FRONT, $ADMIN)"
 # (the password goes in the environment, not on a command line that ps shows)
 ADMIN_PASSWORD=$password start "$out/app.log" env KUBECONFIG="$kubeconfig" KUBERNETES_NAMESPACE="$NAMESPACE" \
-  CONFIG_FILE=config.yaml ADMIN_USERNAME=admin APPROVAL_SCHEDULE='0 0 0 1 1 *' \
+  CONFIG_FILE=config.yaml ADMIN_USERNAME=admin APPROVAL_SCHEDULE='0 0 0 1 1 *' TEAM_SCHEDULE='0 0 0 1 1 *' \
+  LITELLM_API_KEY=sk-browser-check-unused \
   .venv/bin/python -m local_host --port "$API_PORT" --settings "$work/local.settings.json"
 wait_http "$API/health" "the app" "${pids[-1]}" || { tail -30 "$out/app.log" >&2; exit 1; }
 wait_http "$FRONT/" "the requester page's server" "${pids[0]}"

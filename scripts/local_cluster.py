@@ -8,12 +8,14 @@ full upstream tree with vendor/, which builds offline with Debian's Go. So this 
 
 * `build`  - builds kube-apiserver once from that source package (about 4 min on 2 cores, with a
              fix to its vendored reflect2 without which it crashes) and caches the binary;
-* `up`     - starts etcd and kube-apiserver on free loopback ports, detached, and writes a
-             kubeconfig (token auth, group system:masters) into the given directory;
+* `up`     - starts etcd and kube-apiserver on free loopback ports, detached (they outlive `up`),
+             and writes a kubeconfig (token auth, group system:masters) into the given directory;
 * `down`   - stops a cluster started by `up`;
 * `status` - tells whether it is running and ready.
 
-Tests use `start()` directly; it returns a `Cluster` whose `stop()` ends both processes.
+Tests use `start()` directly; it returns a `Cluster` whose `stop()` ends both processes. By
+default they also end when the process that called `start()` dies, even by SIGKILL (Linux
+PR_SET_PDEATHSIG), so a killed test run leaves no etcd or kube-apiserver behind.
 Standard library only, so it runs on a clean clone before any dependency is installed.
 """
 
@@ -33,6 +35,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -417,13 +420,37 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent():
+    """A preexec_fn after which the child gets SIGKILL when this process dies, however it dies.
+
+    The kernel sends the signal when the *thread* that forked the child exits, so `start()` only
+    uses it from the main thread, whose end is the process's end. Resolved before the fork, so the
+    child only calls into libc between fork and exec.
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def _spawn(cmd: list[str], log_path: Path, die_with_parent: bool) -> subprocess.Popen:
     with open(log_path, "ab") as out:
         # Own session and process group: a Ctrl-C or hang-up of the caller does not reach it,
         # `up` can exit and leave it running, and stop() can signal the whole group.
         return subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent() if die_with_parent else None,
         )
 
 
@@ -510,12 +537,22 @@ current-context: local
     path.chmod(0o600)
 
 
-def start(workdir: Path, port: int | None = None) -> Cluster:
+def start(workdir: Path, port: int | None = None, die_with_parent: bool = True) -> Cluster:
     """Start etcd and kube-apiserver for `workdir` and wait until the apiserver is ready.
 
     Every start is a fresh, empty cluster. Ports are picked free at start time, so several
     clusters (a developer's and the test suite's) can run side by side.
+
+    With `die_with_parent` (the default; Linux only) both processes are killed when the calling
+    process dies, also by SIGKILL, so call it from the main thread (see `_die_with_parent`).
+    Without it they run until `stop()` or `down`, as `up` needs.
     """
+    if die_with_parent:
+        if not sys.platform.startswith("linux"):
+            raise RuntimeError("die_with_parent needs Linux (PR_SET_PDEATHSIG); pass die_with_parent=False")
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("start(die_with_parent=True) must run on the main thread: the kernel "
+                               "kills the cluster when the thread that started it ends")
     binary = ensure_binary()
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -549,7 +586,7 @@ def start(workdir: Path, port: int | None = None) -> Cluster:
             "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"local={peer_url}",
-        ], workdir / "etcd.log")
+        ], workdir / "etcd.log", die_with_parent)
         _wait_until(lambda: _etcd_healthy(etcd_url), procs["etcd"], "etcd",
                     workdir / "etcd.log", ETCD_TIMEOUT_S)
 
@@ -572,7 +609,7 @@ def start(workdir: Path, port: int | None = None) -> Cluster:
             "--disable-admission-plugins=ServiceAccount",
             f"--cert-dir={pki / 'generated'}",
             "--profiling=false",
-        ], workdir / "apiserver.log")
+        ], workdir / "apiserver.log", die_with_parent)
         _wait_until(lambda: _readyz(server, token, ca_file), procs["kube-apiserver"],
                     "kube-apiserver", workdir / "apiserver.log", READY_TIMEOUT_S)
     except BaseException:
@@ -612,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "up":
         try:
-            cluster = start(args.dir, args.port)
+            # Detached: the cluster outlives this command until `down` (scripts/run calls it on exit).
+            cluster = start(args.dir, args.port, die_with_parent=False)
         except RuntimeError as error:  # a known failure: the message says all, skip the traceback
             print(f"local_cluster up: {error}", file=sys.stderr)
             return 1

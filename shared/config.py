@@ -8,10 +8,10 @@ a bad file names the file, the path of the bad field and the reason.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,62}$"
 DURATION = r"^\d+[smhdw]$|^\d+mo$"  # what LiteLLM's duration_in_seconds parses (no years)
@@ -47,13 +47,20 @@ class ApimProvisioning(_Strict):
     expires_after_days: int | None = Field(None, gt=0)
 
 
+Backend = Literal["litellm", "apim"]
+
+
+def _litellm_only() -> list[Backend]:  # typed: mypy infers a lambda's ["litellm"] as list[str]
+    return ["litellm"]
+
+
 class Provisioning(_Strict):
-    backends: list[Literal["litellm", "apim"]] = Field(default_factory=lambda: ["litellm"], min_length=1)
+    backends: list[Backend] = Field(default_factory=_litellm_only, min_length=1)
     litellm: LiteLLMProvisioning = Field(default_factory=LiteLLMProvisioning)
     apim: ApimProvisioning | None = None
 
     @model_validator(mode="after")
-    def _apim_needs_product(self) -> "Provisioning":
+    def _apim_needs_product(self) -> Provisioning:
         if "apim" in self.backends and self.apim is None:
             raise ValueError("backends lists apim, so apim.product_id is required")
         if len(set(self.backends)) != len(self.backends):
@@ -131,7 +138,7 @@ class MatchRule(_Strict):
     reason: str = ""
 
     @model_validator(mode="after")
-    def _has_condition(self) -> "MatchRule":
+    def _has_condition(self) -> MatchRule:
         if not (self.emails or self.domains or self.models):
             raise ValueError("a match rule needs at least one of emails, domains, models")
         return self
@@ -148,7 +155,7 @@ class WebhookRule(_Strict):
     timeout_seconds: float = Field(5.0, gt=0, le=30)
 
 
-Rule = Annotated[Union[MatchRule, WebhookRule], Field(discriminator="kind")]
+Rule = Annotated[MatchRule | WebhookRule, Field(discriminator="kind")]
 
 
 class Approval(_Strict):
@@ -156,12 +163,15 @@ class Approval(_Strict):
     rules: list[Rule] = Field(default_factory=list)
 
 
+SubjectKind = Literal["approved", "denied", "review", "failed", "undeliverable", "team"]
+
+
 class Notifications(_Strict):
     product_name: str = "LLM Key Requestor"
     reviewers: list[str] = Field(default_factory=list)
     admins: list[str] = Field(default_factory=list)
     admin_url: str = ""
-    subjects: dict[Literal["approved", "denied", "review", "failed", "undeliverable", "team"], str] = Field(default_factory=dict)
+    subjects: dict[SubjectKind, str] = Field(default_factory=dict)
 
 
 # --- the whole file ---------------------------------------------------------------------------------
@@ -178,7 +188,7 @@ class AppConfig(_Strict):
     _by_id: dict[str, CatalogModel] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "AppConfig":
+    def _consistent(self) -> AppConfig:
         ids = [model.id for model in self.models]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:

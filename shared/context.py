@@ -13,7 +13,7 @@ import os
 import threading
 
 from shared.config import AppConfig, ConfigError, WebhookRule, load_config
-from shared.services.ports import RequestStore
+from shared.services.ports import Provisioner, RequestStore
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ def load() -> None:
     logging.getLogger("shared").setLevel(settings().log_level)
     loaded = config()
     _check_config_against_settings(loaded, settings())
+    from shared.startup_checks import check_timing
+
+    check_timing(settings(), loaded)  # budgets and the lease against the longest step, functionTimeout
     log.info("config %s: %d models, %d rules", settings().config_file, len(loaded.models),
              len(loaded.approval.rules))
 
@@ -53,6 +56,12 @@ def _check_config_against_settings(loaded: AppConfig, current: Settings) -> None
             if "apim" in model.provisioning.backends:
                 problems.append(f"models[{index}] ({model.id}) uses backend apim, but {', '.join(apim_missing)} "
                                 "is not set")
+    if current.litellm_api_key is None:
+        litellm = [f"models[{index}] ({model.id})" for index, model in enumerate(loaded.models)
+                   if "litellm" in model.provisioning.backends]
+        if litellm:
+            problems.append(f"{', '.join(litellm)} {'uses' if len(litellm) == 1 else 'use'} backend litellm, "
+                            "but LITELLM_API_KEY (the LiteLLM master key) is not set")
     if problems:
         raise ConfigError("\n".join(f"{current.config_file}: {problem}" for problem in problems))
 
@@ -62,15 +71,29 @@ def request_store() -> RequestStore:
         return _request_store()
 
 
+def kube_client():
+    """The one Kubernetes ApiClient of this process: the request store, the team store and KAITO
+    share its connection pool and, with KUBERNETES_AUTH=entra, its token."""
+    with _lock:
+        return _kube_client()
+
+
+@functools.cache
+def _kube_client():
+    from shared.store.kube import api_client
+
+    current = settings()
+    return api_client(current.kubeconfig, auth=current.kubernetes_auth, server=current.kubernetes_server,
+                      ca_data=current.kubernetes_ca_data, client_id=current.azure_client_id,
+                      in_cluster=current.in_cluster)
+
+
 @functools.cache
 def _request_store() -> RequestStore:
-    from shared.store.kube import api_client
     from shared.store.requests import KubernetesRequestStore
 
     current = settings()
-    client = api_client(current.kubeconfig, auth=current.kubernetes_auth, server=current.kubernetes_server,
-                        ca_data=current.kubernetes_ca_data, client_id=current.azure_client_id)
-    return KubernetesRequestStore(client, current.namespace, current.kubernetes_timeout_seconds)
+    return KubernetesRequestStore(kube_client(), current.namespace, current.kubernetes_timeout_seconds)
 
 
 def processor():
@@ -87,7 +110,7 @@ def _processor():
     from shared.services.processor import Processor, ProcessorOptions
 
     current = settings()
-    provisioners = {"litellm": LiteLLMProvisioner(
+    provisioners: dict[str, Provisioner] = {"litellm": LiteLLMProvisioner(
         current.litellm_base_url,
         current.litellm_api_key.get_secret_value() if current.litellm_api_key else "",
         timeout_seconds=current.litellm_timeout_seconds, ca_bundle=current.ca_bundle)}
@@ -123,18 +146,11 @@ def team_store():
 
 
 @functools.cache
-def _team_kube_client():
-    from shared.store.kube import api_client
-
-    return api_client(settings().kubeconfig)
-
-
-@functools.cache
 def _team_store():
     from shared.store.teams import KubernetesTeamStore
 
     current = settings()
-    return KubernetesTeamStore(_team_kube_client(), current.namespace, current.kubernetes_timeout_seconds)
+    return KubernetesTeamStore(kube_client(), current.namespace, current.kubernetes_timeout_seconds)
 
 
 def team_reconciler():
@@ -144,10 +160,10 @@ def team_reconciler():
 
 @functools.cache
 def _team_reconciler():
-    """The team reconciler (a use case of its own, run by the timer after the processor's tick)."""
+    """The team reconciler (a use case of its own, run by the team timer)."""
     from shared.adapters.email_factory import notifier_from_settings
     from shared.adapters.kaito import KaitoWorkspaces
-    from shared.services.teams import TeamReconciler, TeamReconcilerOptions
+    from shared.services.team_reconciler import TeamReconciler, TeamReconcilerOptions
 
     current = settings()
     apim = None
@@ -160,17 +176,17 @@ def _team_reconciler():
         namespace=current.namespace,
         gateway_url=current.apim_gateway_url,
         concurrency=current.processor_concurrency,
-        time_budget_seconds=min(60.0, current.processor_time_budget_seconds),
+        time_budget_seconds=current.team_time_budget_seconds,
         lease_seconds=current.processor_lease_seconds,
         max_attempts=current.processor_max_attempts,
         backoff_base_seconds=current.processor_backoff_seconds,
     )
-    workspaces = KaitoWorkspaces(_team_kube_client(), current.namespace, current.kubernetes_timeout_seconds)
+    workspaces = KaitoWorkspaces(kube_client(), current.namespace, current.kubernetes_timeout_seconds)
     return TeamReconciler(team_store(), apim, workspaces, notifier_from_settings(current),
                           config().notifications, options)
 
 
 def reset() -> None:
     """Forget everything built so far (tests change the environment between cases)."""
-    for cached in (settings, config, _request_store, _processor, _team_kube_client, _team_store, _team_reconciler):
+    for cached in (settings, config, _kube_client, _request_store, _processor, _team_store, _team_reconciler):
         cached.cache_clear()

@@ -9,8 +9,9 @@ Secrets are `SecretStr`: they never show in a repr, a log line or an error messa
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 from pydantic import (
     AliasChoices,
@@ -44,18 +45,25 @@ class Settings(BaseModel):
     kubernetes_auth: Literal["kubeconfig", "entra"] = Field("kubeconfig", alias="KUBERNETES_AUTH")
     kubernetes_server: str | None = Field(None, alias="KUBERNETES_SERVER")
     kubernetes_ca_data: str | None = Field(None, alias="KUBERNETES_CA_DATA")
+    # Not an app setting: whether the app runs in a Kubernetes pod (KUBERNETES_SERVICE_HOST, set by
+    # Kubernetes itself, is there), so KUBERNETES_AUTH=kubeconfig means the pod's service account.
+    in_cluster: bool = Field(False, description="set by from_env from KUBERNETES_SERVICE_HOST")
 
     # Catalog, rules and notification settings
     config_file: Path = Field(APP_ROOT / "config.yaml", alias="CONFIG_FILE")
 
-    # Timer
-    approval_schedule: str = Field("*/30 * * * * *", alias="APPROVAL_SCHEDULE")
-
-    # The processor (timer)
+    # The timers (shared/timer.py). Their schedules, APPROVAL_SCHEDULE and TEAM_SCHEDULE, are read
+    # by the Functions host itself (`%APPROVAL_SCHEDULE%`), not here. Each tick stops taking new
+    # work after its budget; the step already running still finishes, so budget + the longest step
+    # must fit in host.json functionTimeout (checked at start-up: shared/startup_checks.py).
+    # 180 + a step of up to PROCESSOR_LEASE_SECONDS (120) = 300 s, the shipped functionTimeout.
     processor_concurrency: int = Field(8, alias="PROCESSOR_CONCURRENCY", ge=1, le=64)
     processor_time_budget_seconds: float = Field(
-        240.0, alias="PROCESSOR_TIME_BUDGET_SECONDS", gt=0,
-        description="stop taking new work after this long; keep it below host.json functionTimeout")
+        180.0, alias="PROCESSOR_TIME_BUDGET_SECONDS", gt=0,
+        description="the request tick (approval_timer) stops taking new work after this long")
+    team_time_budget_seconds: float = Field(
+        60.0, alias="TEAM_TIME_BUDGET_SECONDS", gt=0,
+        description="the team tick (team_timer) stops taking new work after this long")
     processor_max_attempts: int = Field(6, alias="PROCESSOR_MAX_ATTEMPTS", ge=1)
     processor_lease_seconds: float = Field(120.0, alias="PROCESSOR_LEASE_SECONDS", gt=0)
     processor_backoff_seconds: float = Field(10.0, alias="PROCESSOR_BACKOFF_SECONDS", gt=0)
@@ -114,9 +122,9 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
 
     _blank = field_validator(
-        "kubeconfig", "kubernetes_server", "kubernetes_ca_data", "ca_bundle", "litellm_api_key", "litellm_gateway_url", "smtp_host",
-        "smtp_user", "smtp_password", "admin_password", "admin_api_key", "apim_subscription_id", "apim_resource_group",
-        "apim_service_name", "apim_gateway_url", "azure_client_id", "acs_connection_string",
+        "kubeconfig", "kubernetes_server", "kubernetes_ca_data", "ca_bundle", "litellm_api_key", "litellm_gateway_url",
+        "smtp_host", "smtp_user", "smtp_password", "admin_password", "admin_api_key", "apim_subscription_id",
+        "apim_resource_group", "apim_service_name", "apim_gateway_url", "azure_client_id", "acs_connection_string",
         "acs_endpoint", "acs_sender_address", mode="before",
     )(_blank_to_none)
 
@@ -128,6 +136,17 @@ class Settings(BaseModel):
             lowered = value.strip().lower()
             return {"true": "starttls", "1": "starttls", "yes": "starttls",
                     "false": "none", "0": "none", "no": "none", "ssl": "tls"}.get(lowered, lowered)
+        return value
+
+    @field_validator("kubernetes_auth", mode="before")
+    @classmethod
+    def _auth_mode(cls, value: object) -> object:
+        # Any case and spacing (`Entra`, `ENTRA`); blank is the default. As shared.store.kube.auth_mode.
+        if isinstance(value, str):
+            mode = value.strip().lower() or "kubeconfig"
+            if mode not in ("kubeconfig", "entra"):
+                raise ValueError(f"must be kubeconfig or entra (any case), not {value.strip()!r}")
+            return mode
         return value
 
     @field_validator("log_level", mode="before")
@@ -158,15 +177,16 @@ class Settings(BaseModel):
         return "default"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         unresolved = sorted(name for name, value in env.items() if value.startswith("@Microsoft.KeyVault("))
         if unresolved:
             # App Service hands the reference text over when it cannot read the secret.
             raise SettingsError(f"invalid app settings: {', '.join(unresolved)}: unresolved Key Vault "
                                 "reference (does the app's identity have Key Vault Secrets User?)")
+        values: dict[str, object] = {**env, "in_cluster": bool(env.get("KUBERNETES_SERVICE_HOST", "").strip())}
         try:
-            return cls.model_validate(env)
+            return cls.model_validate(values)
         except ValidationError as exc:
             problems = []
             for error in exc.errors():

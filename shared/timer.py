@@ -1,9 +1,16 @@
-"""The approval timer: every APPROVAL_SCHEDULE (default every 30 s), one processor tick, then
-one team reconcile tick (shared/services/teams.py).
+"""The two timer functions, one use case each, so each has its own invocation, its own time budget
+and its own functionTimeout (host.json):
 
+- `approval_timer`, every APPROVAL_SCHEDULE (default every 30 s): one processor tick over the
+  requests (PROCESSOR_TIME_BUDGET_SECONDS);
+- `team_timer`, every TEAM_SCHEDULE (default every 30 s): one team reconcile tick
+  (shared/services/teams.py, TEAM_TIME_BUDGET_SECONDS).
+
+A budget only stops a tick taking new work; the step already running finishes. The app refuses
+to start when budget + the longest step does not fit in functionTimeout (shared/startup_checks.py).
 `use_monitor=True` lets the host catch up a schedule missed while the app was down; the host's
-singleton lock keeps two ticks of one app from overlapping, and the processor's leases keep
-two apps (or a manual run) from working on the same request.
+singleton lock keeps two ticks of one timer from overlapping, and the leases keep two apps (or a
+manual run) from working on the same request or team.
 """
 
 from __future__ import annotations
@@ -23,7 +30,12 @@ bp = func.Blueprint()
 def approval_timer(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.warning("approval timer is running late")
-    try:
-        context.processor().run_tick()
-    finally:  # teams are a use case of their own: a failed request tick does not hold them up
-        context.team_reconciler().run_tick()
+    context.processor().run_tick()
+
+
+@bp.function_name("team_timer")
+@bp.timer_trigger(arg_name="timer", schedule="%TEAM_SCHEDULE%", use_monitor=True, run_on_startup=False)
+def team_timer(timer: func.TimerRequest) -> None:
+    if timer.past_due:
+        log.warning("team timer is running late")
+    context.team_reconciler().run_tick()

@@ -16,6 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FRONTEND_ORIGIN = "http://localhost:5173"
 
+# The shipped config.yaml provisions through LiteLLM, and the app refuses to start without the
+# LiteLLM master key then (shared/context.py): every test process and the subprocesses it starts
+# (`import function_app`) get a placeholder. Tests that call a LiteLLM stand-in set its own key.
+os.environ.setdefault("LITELLM_API_KEY", "sk-test-placeholder-master-key")
+
 
 def _load_local_cluster():
     spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "scripts" / "local_cluster.py")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +183,12 @@ class Harness:
         from kubernetes import client
 
         from shared.adapters.kaito import KaitoWorkspaces
-        from shared.services.teams import TeamReconciler, TeamReconcilerOptions
+        from shared.services.team_reconciler import TeamReconciler, TeamReconcilerOptions
         from shared.store.teams import KubernetesTeamStore
 
+        from tests.clock import Clock
+
+        self.clock = Clock()
         self.namespace = namespace
         self.arm = arm
         self.service = service
@@ -200,14 +202,14 @@ class Harness:
         self.reconciler = TeamReconciler(self.store, apim_products(arm, service_name),
                                          KaitoWorkspaces(kube_api_client, namespace), self.outbox,
                                          Notifications(product_name="Key Desk"), self.options,
-                                         clock=lambda: datetime.now(timezone.utc))  # sub-second backoffs
+                                         clock=self.clock)
 
     def tick(self, times: int = 1, pause: float = 0.0):
+        """Run `times` ticks, moving the reconciler's clock on by `pause` seconds after each."""
         report = None
         for _ in range(times):
             report = self.reconciler.run_tick()
-            if pause:
-                time.sleep(pause)
+            self.clock.advance(pause)
         return report
 
     def workspaces(self) -> dict[str, dict]:

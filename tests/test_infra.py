@@ -140,6 +140,8 @@ def settings_the_app_reads() -> set[str]:
     names = set()
     for field in Settings.model_fields.values():
         alias = field.validation_alias or field.alias
+        if alias is None:
+            continue  # derived, not an app setting (in_cluster: from KUBERNETES_SERVICE_HOST, set by Kubernetes)
         choices = getattr(alias, "choices", None)
         names.add(str(choices[0] if choices else alias))
     pattern = re.compile(r"""(?:os\.environ(?:\.get)?|env(?:iron)?\.get|getenv)\(\s*["']([A-Z][A-Z0-9_]+)["']"""
@@ -327,7 +329,8 @@ def test_every_setting_the_app_reads_is_set(tf):
     missing = settings_the_app_reads() - provided
     assert not missing, f"app settings missing from infra/app_settings.tf: {sorted(missing)}"
     for name in ("KUBERNETES_AUTH", "KUBERNETES_SERVER", "KUBERNETES_CA_DATA", "AZURE_CLIENT_ID",
-                 "APPROVAL_SCHEDULE", "ACS_ENDPOINT", "ACS_SENDER_ADDRESS", "LOG_LEVEL", "CONFIG_FILE"):
+                 "APPROVAL_SCHEDULE", "TEAM_SCHEDULE", "ACS_ENDPOINT", "ACS_SENDER_ADDRESS", "LOG_LEVEL",
+                 "CONFIG_FILE"):
         assert name in provided
     assert not FLEX_FORBIDDEN_SETTINGS & provided
 
@@ -407,16 +410,24 @@ def test_the_settings_terraform_writes_pass_the_apps_own_validation(tf, tmp_path
     settings = Settings.from_env(env)
     assert settings.namespace == "llm-key-requestor"
     assert settings.smtp_port == 587 and settings.smtp_verify_tls is True
-    assert settings.approval_schedule == "*/30 * * * * *"
+    assert env["APPROVAL_SCHEDULE"] == env["TEAM_SCHEDULE"] == "*/30 * * * * *"
     assert settings.admin_trust_app_service_auth is False
+    # The budgets and the lease Terraform writes pass the start-up checks against host.json.
+    from shared.config import load_config
+    from shared.startup_checks import check_timing
+
+    check_timing(settings, load_config(settings.config_file))
 
 
 def test_the_kubernetes_settings_terraform_writes_build_an_entra_client(tf):
+    from shared.settings import Settings
     from shared.store.kube import EntraTokenProvider, api_client
 
     env = resolved_app_settings(tf)
     env["KUBERNETES_AUTH"] = app_settings(tf)["KUBERNETES_AUTH"]
-    client = api_client(None, environ=env, credential=object())  # no request is sent
+    s = Settings.from_env(env)
+    client = api_client(None, auth=s.kubernetes_auth, server=s.kubernetes_server, ca_data=s.kubernetes_ca_data,
+                        client_id=s.azure_client_id, in_cluster=s.in_cluster, credential=object())  # nothing sent
     assert client.configuration.host == env["KUBERNETES_SERVER"].rstrip("/")
     assert isinstance(client.configuration.refresh_api_key_hook.__self__, EntraTokenProvider)
 

@@ -111,19 +111,56 @@ def test_entra_mode_through_the_request_store(kube_cluster, core_api, namespace)
 
 
 def test_settings_come_from_the_environment(kube_cluster, core_api, namespace, monkeypatch):
-    from shared.store.kube import api_client
+    """App settings -> Settings -> the context's one client: KUBERNETES_AUTH in any case, the
+    server, its CA and the identity's client id all reach the client, and KUBECONFIG is ignored."""
+    import azure.identity
+
+    from shared import context
 
     make_secret(core_api, namespace)
     monkeypatch.setenv("KUBERNETES_AUTH", "Entra")
     monkeypatch.setenv("KUBERNETES_SERVER", kube_cluster.server)
     monkeypatch.setenv("KUBERNETES_CA_DATA", ca_data(kube_cluster))
+    monkeypatch.setenv("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000002")
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")  # ignored with entra
+    monkeypatch.setenv("KUBERNETES_NAMESPACE", namespace)
+    monkeypatch.setenv("CONFIG_FILE", str(ROOT / "config.yaml"))
     credential = FakeCredential((kube_cluster.token, 3600))
+    asked_for: list[dict] = []
 
-    api = core(api_client("/nonexistent/kubeconfig", credential=credential))
+    def default_credential(**kwargs):
+        asked_for.append(kwargs)
+        return credential
 
-    assert api.read_namespaced_secret("probe", namespace).metadata.name == "probe"
-    assert api.api_client.configuration.host == kube_cluster.server
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", default_credential)
+    context.reset()
+    try:
+        assert context.settings().kubernetes_auth == "entra"
+        api = core(context.kube_client())
+        assert api.read_namespaced_secret("probe", namespace).metadata.name == "probe"
+        assert api.api_client.configuration.host == kube_cluster.server
+        context.request_store().ping()  # the same client, so the same token: no second get_token
+    finally:
+        context.reset()
+    assert asked_for == [{"managed_identity_client_id": "00000000-0000-0000-0000-000000000002"}]
+    assert len(credential.calls) == 1
+
+
+def test_the_client_reads_no_setting_from_the_environment(kube_cluster, core_api, namespace, monkeypatch):
+    """Only what the caller passes counts: KUBERNETES_AUTH=entra and KUBERNETES_SERVICE_HOST in the
+    environment change nothing for a client built with a kubeconfig."""
+    from shared.store.kube import EntraTokenProvider, api_client
+
+    make_secret(core_api, namespace)
+    monkeypatch.setenv("KUBERNETES_AUTH", "entra")
+    monkeypatch.setenv("KUBERNETES_SERVER", "https://aks.invalid:443")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+
+    client = api_client(str(kube_cluster.kubeconfig))
+
+    assert client.configuration.host == kube_cluster.server
+    assert not isinstance(getattr(client.configuration.refresh_api_key_hook, "__self__", None), EntraTokenProvider)
+    assert core(client).read_namespaced_secret("probe", namespace).metadata.name == "probe"
 
 
 # --- renewal ------------------------------------------------------------------------------------
@@ -324,7 +361,37 @@ def test_bad_settings_name_the_setting(kwargs, message):
     from shared.store.kube import KubernetesAuthError, api_client
 
     with pytest.raises(KubernetesAuthError, match=message):
-        api_client(None, credential=FakeCredential(("t", 3600)), environ={}, **kwargs)
+        api_client(None, credential=FakeCredential(("t", 3600)), **kwargs)
+
+
+@pytest.mark.parametrize("value, mode", [
+    ("entra", "entra"), ("Entra", "entra"), ("ENTRA", "entra"), (" entra ", "entra"),
+    ("kubeconfig", "kubeconfig"), ("KubeConfig", "kubeconfig"), ("", "kubeconfig"),
+])
+def test_kubernetes_auth_is_case_insensitive_in_settings_and_client_alike(value, mode):
+    from shared.settings import Settings
+    from shared.store.kube import auth_mode
+
+    assert Settings.from_env({"KUBERNETES_AUTH": value}).kubernetes_auth == mode
+    assert auth_mode(value) == mode
+
+
+@pytest.mark.parametrize("value", ["token", "aad", "entra-id"])
+def test_an_unknown_kubernetes_auth_is_refused_by_settings_and_client_alike(value):
+    from shared.settings import Settings, SettingsError
+    from shared.store.kube import KubernetesAuthError, auth_mode
+
+    with pytest.raises(SettingsError, match=f"KUBERNETES_AUTH: .*must be kubeconfig or entra.*{value}"):
+        Settings.from_env({"KUBERNETES_AUTH": value})
+    with pytest.raises(KubernetesAuthError, match="KUBERNETES_AUTH"):
+        auth_mode(value)
+
+
+def test_in_cluster_comes_from_settings():
+    from shared.settings import Settings
+
+    assert Settings.from_env({}).in_cluster is False
+    assert Settings.from_env({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}).in_cluster is True
 
 
 def test_ca_data_may_also_be_plain_pem(kube_cluster, core_api, namespace):
@@ -341,14 +408,14 @@ def test_kubeconfig_mode_still_works(kube_cluster, core_api, namespace):
     from shared.store.kube import EntraTokenProvider, api_client
 
     make_secret(core_api, namespace)
-    by_default = api_client(str(kube_cluster.kubeconfig), environ={})
+    by_default = api_client(str(kube_cluster.kubeconfig))
     explicit = api_client(str(kube_cluster.kubeconfig), auth="kubeconfig")
     for client in (by_default, explicit):
         assert core(client).read_namespaced_secret("probe", namespace).metadata.name == "probe"
         hook = client.configuration.refresh_api_key_hook
         assert not isinstance(getattr(hook, "__self__", None), EntraTokenProvider)
-    # The call shared/context.py makes: one positional argument.
-    assert api_client(str(kube_cluster.kubeconfig)).configuration.host == kube_cluster.server
+    # A kubeconfig path wins over in_cluster, as it always did.
+    assert api_client(str(kube_cluster.kubeconfig), in_cluster=True).configuration.host == kube_cluster.server
 
 
 def test_azure_identity_is_imported_only_for_entra_with_the_default_credential(kube_cluster):
@@ -360,7 +427,7 @@ os.environ.setdefault("CONFIG_FILE", {str(ROOT / "config.yaml")!r})
 import function_app
 assert "azure.identity" not in sys.modules, "function_app imported azure.identity"
 from shared.store.kube import api_client
-api_client({str(kube_cluster.kubeconfig)!r}, environ={{}})
+api_client({str(kube_cluster.kubeconfig)!r})
 class Cred:
     def get_token(self, *scopes, **kw): raise AssertionError("not called")
 api_client(None, auth="entra", server="https://aks.example:443", credential=Cred())

@@ -6,8 +6,15 @@ test creates a kaito.sh Workspace-like resource with a deeply nested spec and th
 The `kube_cluster` fixture (tests/conftest.py) returns a running `local_cluster.Cluster`.
 """
 
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from kubernetes import client, config
@@ -16,6 +23,7 @@ from kubernetes.client.rest import ApiException
 GROUP, VERSION, PLURAL = "kaito.sh", "v1beta1", "workspaces"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 NAMESPACE = "default"
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "local_cluster.py"
 
 WORKSPACE_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -131,3 +139,78 @@ def test_custom_resource_round_trip(kube_cluster, api_client, workspace_crd):
     log = kube_cluster.apiserver_log.read_text(errors="replace")
     assert "panic" not in log.lower()
     assert "SIGSEGV" not in log
+
+
+# --- a killed test run leaves nothing behind ------------------------------------------------------
+
+CHILD = """
+import importlib.util, json, sys, time
+spec = importlib.util.spec_from_file_location("local_cluster", sys.argv[1])
+local_cluster = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(local_cluster)
+cluster = local_cluster.start(sys.argv[2])
+print(json.dumps({"etcd": cluster.etcd_pid, "apiserver": cluster.apiserver_pid}), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_the_cluster_dies_with_the_process_that_started_it(kube_cluster, tmp_path):
+    """SIGKILL of the starting process (as when a test run is killed) takes etcd and kube-apiserver
+    with it. `kube_cluster` only makes sure the binary is built before the clock starts."""
+    stderr = (tmp_path / "child.stderr").open("wb")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(SCRIPT), str(tmp_path / "cluster")],
+                             stdout=subprocess.PIPE, stderr=stderr)
+    pids = {}
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], 60)
+        line = child.stdout.readline() if ready else b""
+        assert line, f"the child printed no pids; its stderr:\n{(tmp_path / 'child.stderr').read_text()[-3000:]}"
+        pids = json.loads(line)
+        assert all(_alive(pid) for pid in pids.values()), pids
+
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+
+        wait_for(lambda: not any(_alive(pid) for pid in pids.values()),
+                 f"etcd and kube-apiserver {pids} to die with their parent", timeout=5)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for pid in pids.values():  # whatever happened above, leave nothing running
+            if _alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        stderr.close()
+
+
+def test_up_leaves_the_cluster_running_until_down(kube_cluster, tmp_path):
+    """`local_cluster.py up` (what scripts/run calls) exits and the cluster keeps running; `down` stops it."""
+    workdir = tmp_path / "cluster"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), *args, "--dir", str(workdir)],
+                              capture_output=True, text=True, timeout=120)
+
+    up = cli("up")
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        status = cli("status")
+        assert status.returncode == 0, status.stdout + status.stderr[-2000:]
+        state = json.loads(status.stdout)
+        assert state["running"] and state["ready"]
+    finally:
+        down = cli("down")
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert not any(_alive(state[key]) for key in ("etcd_pid", "apiserver_pid"))

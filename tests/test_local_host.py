@@ -11,10 +11,11 @@ import os
 import socket
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from werkzeug.test import Client
@@ -298,25 +299,57 @@ def _lines(path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+class FakeTime:
+    """The scheduler's clock and wait: waiting moves time on at once; a run "takes" what it says."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+        self.waits: list[float] = []
+
+    def clock(self) -> datetime:
+        return self.now
+
+    def wait(self, stopping: threading.Event, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.now += timedelta(seconds=seconds)
+        return stopping.is_set()
+
+    def spend(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 def test_timer_skips_occurrences_while_a_run_overruns(tmp_path, caplog):
-    (tmp_path / "function_app.py").write_text(textwrap.dedent(f'''
-        import time
+    """Every second, a run that takes 1.6 s: one run at a time, the overrun occurrence skipped, not
+    queued (the real host's singleton lock), on a clock the test drives."""
+    (tmp_path / "function_app.py").write_text(textwrap.dedent('''
         import azure.functions as func
         app = func.FunctionApp()
+        runs = []
 
         @app.timer_trigger(schedule="*/1 * * * * *", arg_name="t")
         def slow(t):
-            with open({str(tmp_path / "runs.txt")!r}, "a") as f:
-                f.write("start\\n")
-            time.sleep(1.6)
+            runs.append(t.past_due)
     '''))
-    scheduler = TimerScheduler(load_function_app(tmp_path))
-    scheduler.start()
-    time.sleep(3.2)
-    scheduler.stop()
-    runs = _lines(tmp_path / "runs.txt")
-    assert 1 <= runs <= 2  # one at a time: at most one start per 1.6 s run, never queued
+    app = load_function_app(tmp_path)
+    time_ = FakeTime(datetime(2026, 12, 1, 12, 0, 0, 500_000, tzinfo=UTC))
+    scheduler = TimerScheduler(app, clock=time_.clock, wait=time_.wait)
+    (timer,) = scheduler.timers
+    stopping = threading.Event()
+    fired: list[datetime] = []
+    run = timer._fire
+
+    def slow_fire(scheduled, now):
+        fired.append(scheduled)
+        run(scheduled, now)
+        time_.spend(1.6)
+        if len(fired) == 3:
+            stopping.set()
+
+    timer._fire = slow_fire
+    timer._loop(stopping)
+    assert [f.second for f in fired] == [1, 3, 5], "the occurrences at :02 and :04 fell in a run: skipped"
     assert "overran" in caplog.text
+    assert time_.waits and all(w >= 0 for w in time_.waits)
 
 
 # --- NCRONTAB -----------------------------------------------------------------------------

@@ -160,10 +160,8 @@ def test_polls_until_the_operation_succeeds(acs):
 def test_unconfirmed_operation_is_transient_and_the_resend_is_one_message(acs):
     acs.keep_running(10_000)
     sender = notifier(acs, timeout=0.5, polling_interval=0.05)
-    started = time.monotonic()
     with pytest.raises(TransientError, match="did not confirm it within 0.5 s"):
         sender.send(sample())
-    assert time.monotonic() - started < 1.5
     acs.keep_running(0)
     sender.send(sample())  # the same operation: already accepted, still one message
     assert len(acs.sent) == 1

@@ -183,10 +183,8 @@ def test_silent_server_times_out_as_transient():
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         notifier = SmtpNotifier("127.0.0.1", listener.getsockname()[1], SENDER, timeout=0.5)
-        started = time.monotonic()
         with pytest.raises(TransientError, match="did not answer within 0.5 s"):
             notifier.send(sample())
-        assert time.monotonic() - started < 3
 
 
 def test_refused_recipient_is_permanent(smtp_server):

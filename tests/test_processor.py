@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -21,6 +20,7 @@ from shared import context
 from shared.domain.request import KeyRequest, State
 from shared.store.codec import request_name
 
+from tests.clock import Clock
 from tests.standins import leaks, logged_text
 from tests.standins.faults import status
 
@@ -72,6 +72,7 @@ def processing(app_env, tmp_path, monkeypatch, litellm_standin, smtp_server, kub
 class Harness:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
+        self.clock = Clock()
 
     @property
     def store(self):
@@ -81,10 +82,11 @@ class Harness:
         return self.store.submit(KeyRequest.new(email, model))[0]
 
     def tick(self, times: int = 1, pause: float = 0.0):
+        """Run `times` ticks, moving the processor's clock on by `pause` seconds after each."""
         report = None
         for _ in range(times):
-            report = context.processor().run_tick()
-            time.sleep(pause)
+            report = self.clock.install(context.processor()).run_tick()
+            self.clock.advance(pause)
         return report
 
     def get(self, request: KeyRequest) -> KeyRequest:
@@ -190,7 +192,7 @@ def test_transient_failures_retry_then_approve_never_deny(processing, litellm_st
     assert waiting.attempts == 1 and "500" in waiting.last_error and waiting.next_attempt_at is not None
 
     for _ in range(20):
-        processing.tick(pause=0.1)
+        processing.tick(pause=1.0)
         if processing.get(request).state == State.ACTIVE:
             break
     done = processing.get(request)
@@ -203,7 +205,7 @@ def test_gives_up_after_the_configured_attempts_as_failed(processing, litellm_st
     request = processing.submit("doomed@example.com", "auto-model")
     litellm_standin.faults.plan("POST /key/generate", *[status(503)] * 40)
     for _ in range(20):
-        processing.tick(pause=0.2)
+        processing.tick(pause=1.0)
         if processing.get(request).state == State.FAILED and processing.get(request).settled:
             break
     failed = processing.get(request)
@@ -271,7 +273,7 @@ def test_a_failing_webhook_never_approves_and_ends_in_review(webhook, processing
     request = processing.submit("wh2@example.com", "ruled-model")
     states = []
     for _ in range(10):
-        processing.tick(pause=0.2)
+        processing.tick(pause=1.0)
         states.append(processing.get(request).state)
         if states[-1] != State.PENDING:
             break
@@ -307,9 +309,10 @@ def test_the_timer_function_runs_a_tick(processing, functions, litellm_standin):
     assert processing.get(request).state == State.ACTIVE
 
 
-def test_the_timer_binding(functions):
-    assert functions["approval_timer"].trigger == {"direction": "IN", "type": "timerTrigger", "name": "timer",
-                       "schedule": "%APPROVAL_SCHEDULE%", "runOnStartup": False, "useMonitor": True}
+def test_the_timer_bindings(functions):
+    for name, schedule in (("approval_timer", "%APPROVAL_SCHEDULE%"), ("team_timer", "%TEAM_SCHEDULE%")):
+        assert functions[name].trigger == {"direction": "IN", "type": "timerTrigger", "name": "timer",
+                                           "schedule": schedule, "runOnStartup": False, "useMonitor": True}
 
 
 

@@ -17,7 +17,9 @@ from shared.adapters.litellm import LiteLLMProvisioner
 from shared.domain.request import KeyRequest, State
 from shared.services.processor import Processor, ProcessorOptions
 from shared.store.codec import request_name
+from tests.clock import Clock
 from tests.standins import leaks, logged_text
+from tests.standins.faults import latency
 from tests.standins.arm_server import ArmStandin
 from tests.test_processor import write_config
 from tests.test_provision_apim import AZURE_SUBSCRIPTION, RESOURCE_GROUP, StaticToken
@@ -28,6 +30,8 @@ CONFIG = {
                 "provisioning": {"backends": ["litellm", "apim"],
                                  "litellm": {"models": ["gpt-4o"], "duration": "30d"},
                                  "apim": {"product_id": PRODUCT}}},
+               {"id": "apim-only", "title": "APIM only", "auto_approve": True,
+                "provisioning": {"backends": ["apim"], "apim": {"product_id": PRODUCT}}},
                {"id": "missing-product", "title": "Broken", "auto_approve": True,
                 "provisioning": {"backends": ["litellm", "apim"], "apim": {"product_id": "no-such-product"}}}],
     "notifications": {"admins": ["admin@example.com"]},
@@ -66,6 +70,7 @@ def setup(app_env, tmp_path, monkeypatch, litellm_standin, smtp_server, arm, cap
     processor = Processor(context.request_store(), context.config(), provisioners,
                           context._processor().notifier, context._processor().ask_webhook,
                           ProcessorOptions(backoff_base_seconds=0.05, max_attempts=2))
+    processor.service_name = service
     yield processor, arm.services[(AZURE_SUBSCRIPTION, RESOURCE_GROUP, service)]
     issued = set(arm.issued_keys) | {r.get("key", "") for r in litellm_standin.keys.values()}
     assert not leaks(issued | {PASSWORD, litellm_standin.master_key}, logged_text(caplog))
@@ -124,3 +129,28 @@ def test_a_permanent_apim_error_fails_and_leaves_no_orphaned_litellm_key(setup, 
     assert failed.secrets == {} and service.subscriptions == {}
     assert len(smtp_server.mailbox.to("admin@example.com")) == 1
     assert smtp_server.mailbox.to("broken@example.com") == []
+
+
+def test_a_subscription_created_after_its_caller_gave_up_is_deleted_by_the_second_look(setup, arm, smtp_server):
+    """APIM creates the subscription 2 s late, the client gives up after 0.5 s, one attempt: the
+    request fails, its revoke deletes nothing yet, and once no PUT can still be in flight it
+    deletes the subscription that appeared meanwhile. No subscription outlives its revoke."""
+    processor, service = setup
+    clock = Clock()
+    late = ApimProvisioner(AZURE_SUBSCRIPTION, RESOURCE_GROUP, processor.service_name, base_url=arm.url,
+                           credential=StaticToken(arm.token), ca_bundle=arm.ca_pem_path, timeout_seconds=0.5)
+    patient = Processor(context.request_store(), context.config(), {"apim": late}, processor.notifier,
+                        processor.ask_webhook, ProcessorOptions(max_attempts=1, lease_seconds=60), clock=clock)
+    arm.faults.plan("PUT subscription", latency(2.0))
+    request = submit("late-apim@example.com", "apim-only")
+    patient.run_tick()
+    waiting = context.request_store().get(request.id)
+    assert waiting.state == State.FAILED and waiting.references["apim-reached"] == "maybe"
+    sid = waiting.references["apim-subscription-id"]
+    arm.wait_for(lambda: sid in service.subscriptions, timeout=15)  # the late PUT lands
+    clock.advance(61)  # past the in-flight window (the lease)
+    patient.run_tick()
+    done = context.request_store().get(request.id)
+    assert done.state == State.FAILED and done.settled == State.FAILED
+    assert service.subscriptions == {}, "the subscription that appeared late is deleted"
+    assert len(smtp_server.mailbox.to("admin@example.com")) == 1

@@ -6,7 +6,7 @@ orphaned key or subscription, and no lost notification."
 
 Each case runs the processor in a subprocess (`tests/crash_runner.py`, the app's own
 `context.processor()` built from env settings) that is SIGKILLed at one step boundary, checks
-the Secret / LiteLLM / mailbox are exactly at that boundary, waits out the dead holder's lease,
+the Secret / LiteLLM / mailbox are exactly at that boundary, moves a fresh runner's clock past the dead holder's lease,
 and runs a fresh subprocess until nothing is due. The real pieces: kube-apiserver + etcd, an
 aiosmtpd server, and the LiteLLM key API stand-in (LiteLLM's own request models).
 
@@ -215,12 +215,12 @@ class Crashing:
         start-up overlaps whatever the test does meanwhile)."""
         return self.start("--wait-for-go", *args, env=env)
 
-    def go(self, *processes: subprocess.Popen) -> None:
-        """Once all are ready, let them tick (together)."""
+    def go(self, *processes: subprocess.Popen, clock_ahead: float = 0.0) -> None:
+        """Once all are ready, let them tick (together), their clocks `clock_ahead` seconds ahead."""
         for process in processes:
             assert process.stdout.readline().strip() == "ready", self.finish(process)
         for process in processes:
-            process.stdin.write("go\n")
+            process.stdin.write(f"go {clock_ahead}\n")
             process.stdin.flush()
 
     def stop_all(self) -> None:
@@ -241,10 +241,12 @@ class Crashing:
             target.started(process.pid)
         return self.finish(process)
 
-    def wait_for_lease_to_run_out(self, request: KeyRequest) -> None:
+    def past_the_lease(self, request: KeyRequest) -> float:
+        """Seconds a fresh runner's clock must be ahead for the dead holder's lease to have run out."""
         lease_until = self.get(request).lease_until
-        if lease_until is not None:
-            time.sleep(max(0.0, (lease_until - datetime.now(timezone.utc)).total_seconds()) + 0.05)
+        if lease_until is None:
+            return 0.0
+        return max(0.0, (lease_until - datetime.now(timezone.utc)).total_seconds()) + 0.05
 
 
 @pytest.fixture
@@ -399,8 +401,7 @@ def test_a_crash_at_each_step_boundary_resumes_to_one_consistent_state(crashing,
 
     # 3. The new runner, once the dead one's lease ran out, ticks until nothing is due (so at
     #    least one more tick after the request's work is done, which must find nothing to do).
-    crashing.wait_for_lease_to_run_out(request)
-    crashing.go(fresh)
+    crashing.go(fresh, clock_ahead=crashing.past_the_lease(request))
     recovered = crashing.finish(fresh)
     assert recovered.returncode == 0, recovered
     assert recovered.ticks and recovered.ticks[-1]["due"] == 0, recovered

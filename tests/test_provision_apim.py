@@ -82,15 +82,29 @@ def service(arm, service_name):
     return arm.services[(AZURE_SUBSCRIPTION, RESOURCE_GROUP.lower(), service_name)]
 
 
-def provisioner_for(arm: ArmStandin, service_name: str, token: str | None = "") -> ApimProvisioner:
+class Sleeps(list):
+    """The adapter's sleeper: records each planned in-call wait instead of waiting it out."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def provisioner_for(arm: ArmStandin, service_name: str, token: str | None = "",
+                    sleeps: Sleeps | None = None) -> ApimProvisioner:
     credential = StaticToken(arm.token if token == "" else token)
     return ApimProvisioner(AZURE_SUBSCRIPTION, RESOURCE_GROUP, service_name, base_url=arm.url,
-                           credential=credential, ca_bundle=arm.ca_pem_path, timeout_seconds=TIMEOUT)
+                           credential=credential, ca_bundle=arm.ca_pem_path, timeout_seconds=TIMEOUT,
+                           sleep=sleeps if sleeps is not None else Sleeps())
 
 
 @pytest.fixture
-def provisioner(arm, service_name) -> ApimProvisioner:
-    return provisioner_for(arm, service_name)
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def provisioner(arm, service_name, sleeps) -> ApimProvisioner:
+    return provisioner_for(arm, service_name, sleeps=sleeps)
 
 
 def catalog_model(product: str = PRODUCT, expires_after_days: int | None = 30) -> CatalogModel:
@@ -171,23 +185,23 @@ def test_revoke_in_a_service_that_answers_404_counts_as_gone(arm, service_name):
     assert len(arm.calls_to("DELETE")) == 1
 
 
-def test_throttled_then_served_honours_retry_after(arm, service, provisioner):
+def test_throttled_then_served_honours_retry_after(arm, service, provisioner, sleeps):
     arm.faults.plan("PUT subscription", status(429, retry_after=1))
     model = catalog_model()
     request = KeyRequest.new("ann@example.com", "gpt-4o")
     provisioner.issue(request, model, provisioner.prepare(request, model))
     puts = arm.calls_to("PUT", "/subscriptions/")
-    assert len(puts) == 2 and puts[1].at - puts[0].at >= 1.0
+    assert len(puts) == 2 and sleeps == [1.0], "the second try waited out the Retry-After"
     assert len(service.subscriptions) == 1
 
 
-def test_a_long_retry_after_goes_back_to_the_processor_at_once(arm, service, provisioner):
+def test_a_long_retry_after_goes_back_to_the_processor_at_once(arm, service, provisioner, sleeps):
     arm.faults.plan("PUT subscription", status(429, retry_after=120))
     model = catalog_model()
     request = KeyRequest.new("ann@example.com", "gpt-4o")
     with pytest.raises(TransientError) as raised:
         provisioner.issue(request, model, provisioner.prepare(request, model))
-    assert raised.value.retry_after == 120
+    assert raised.value.retry_after == 120 and sleeps == []
     assert len(arm.calls_to("PUT")) == 1
 
 
@@ -198,18 +212,18 @@ def test_server_errors_become_transient_after_two_quick_retries(arm, service, pr
     with pytest.raises(TransientError, match=r"APIM create subscription .* ARM answered 503: .*\(3 tries\)") as raised:
         provisioner.issue(request, model, provisioner.prepare(request, model))
     assert len(arm.calls_to("PUT")) == 3 and service.subscriptions == {}
+    assert raised.value.in_flight, "a gateway's 502 answers for an APIM that may still be working"
     assert_clean(raised.value, arm)
 
 
-def test_a_hanging_arm_times_out_quickly(arm, service, provisioner):
+def test_a_hanging_arm_times_out_and_the_call_counts_as_in_flight(arm, service, provisioner, sleeps):
     arm.faults.plan("PUT subscription", hang(10))
     model = catalog_model()
     request = KeyRequest.new("ann@example.com", "gpt-4o")
-    started = time.monotonic()
-    with pytest.raises(TransientError, match="timed out after 0.5 s"):
+    with pytest.raises(TransientError, match="timed out after 0.5 s") as raised:
         provisioner.issue(request, model, provisioner.prepare(request, model))
-    assert time.monotonic() - started < TIMEOUT + 1.5
-    assert len(arm.calls_to("PUT")) == 1
+    assert raised.value.in_flight, "APIM may still create the subscription after we gave up"
+    assert len(arm.calls_to("PUT")) == 1 and sleeps == []  # a timeout is not retried in-call
 
 
 def test_a_missing_product_is_permanent_and_says_which(arm, service_name, provisioner):

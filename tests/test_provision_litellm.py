@@ -6,7 +6,6 @@ from __future__ import annotations
 import email.utils
 import logging
 import socket
-import time
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -46,9 +45,21 @@ def litellm(standin, caplog):
     assert not leaked
 
 
+class Sleeps(list):
+    """The adapter's sleeper: records each planned in-call wait instead of waiting it out."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
 @pytest.fixture
-def provisioner(litellm):
-    client = LiteLLMProvisioner(litellm.url, litellm.master_key, timeout_seconds=TIMEOUT)
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def provisioner(litellm, sleeps):
+    client = LiteLLMProvisioner(litellm.url, litellm.master_key, timeout_seconds=TIMEOUT, sleep=sleeps)
     yield client
     client.close()
 
@@ -158,56 +169,57 @@ def test_revoke_deletes_and_revoking_again_is_fine(litellm, provisioner, model):
     assert deletes[0].body == {"keys": [token_id(credentials.secrets[SECRET_KEY])]}
 
 
-def test_throttled_then_served_honours_retry_after(litellm, provisioner, model):
+def test_throttled_then_served_honours_retry_after(litellm, provisioner, model, sleeps):
     litellm.faults.plan("POST /key/generate", status(429, retry_after=1))
     request = KeyRequest.new("ann@example.com", "gpt-4o")
     provisioner.issue(request, model, provisioner.prepare(request, model))
-    calls = litellm.calls_to("POST", "/key/generate")
-    assert len(calls) == 2
-    assert calls[1].at - calls[0].at >= 1.0
+    assert len(litellm.calls_to("POST", "/key/generate")) == 2
+    assert sleeps == [1.0], "the second try waited out the Retry-After"
     assert len(litellm.keys) == 1
 
 
-def test_a_long_retry_after_goes_back_to_the_processor_at_once(litellm, provisioner, model):
+def test_a_long_retry_after_goes_back_to_the_processor_at_once(litellm, provisioner, model, sleeps):
     litellm.faults.plan("POST /key/generate", status(429, retry_after=30))
     request = KeyRequest.new("ann@example.com", "gpt-4o")
-    started = time.monotonic()
     with pytest.raises(TransientError) as raised:
         provisioner.issue(request, model, provisioner.prepare(request, model))
-    assert raised.value.retry_after == 30
-    assert time.monotonic() - started < 1
+    assert raised.value.retry_after == 30 and not raised.value.in_flight
+    assert sleeps == [], "no in-call wait: the processor reschedules"
     assert len(litellm.calls_to("POST", "/key/generate")) == 1
 
 
-def test_server_errors_become_transient_after_two_quick_retries(litellm, provisioner, model):
+def test_server_errors_become_transient_after_two_quick_retries(litellm, provisioner, model, sleeps):
     litellm.faults.plan("POST /key/generate", status(500), status(503), status(500))
     request = KeyRequest.new("ann@example.com", "gpt-4o")
     prepared = provisioner.prepare(request, model)
     with pytest.raises(TransientError, match=r"LiteLLM POST /key/generate answered 500: .*\(3 tries\)") as raised:
         provisioner.issue(request, model, prepared)
     assert len(litellm.calls_to("POST", "/key/generate")) == 3
+    assert len(sleeps) == 2 and 0.1 <= sleeps[0] <= 0.3 and 0.2 <= sleeps[1] <= 0.6, "0.2 s doubling, jittered"
+    assert raised.value.reached and not raised.value.in_flight, "answered: nothing is still running there"
     assert litellm.keys == {}
     assert_clean(raised.value, prepared.secrets[SECRET_KEY], litellm.master_key)
 
 
-def test_a_hanging_server_times_out_quickly(litellm, provisioner, model):
+def test_a_hanging_server_times_out_and_the_call_counts_as_in_flight(litellm, provisioner, model, sleeps):
     litellm.faults.plan("POST /key/generate", hang(10))
     request = KeyRequest.new("ann@example.com", "gpt-4o")
-    started = time.monotonic()
-    with pytest.raises(TransientError, match="timed out after 0.5 s"):
+    with pytest.raises(TransientError, match="timed out after 0.5 s") as raised:
         provisioner.issue(request, model, provisioner.prepare(request, model))
-    assert time.monotonic() - started < TIMEOUT + 1
-    assert len(litellm.calls_to("POST", "/key/generate")) == 1  # a timeout is not retried in-call
+    assert raised.value.in_flight, "LiteLLM may still create the key after we gave up"
+    assert len(litellm.calls_to("POST", "/key/generate")) == 1 and sleeps == []  # a timeout is not retried in-call
 
 
-def test_an_unreachable_server_is_transient(model):
+def test_an_unreachable_server_is_transient_and_changed_nothing(model, sleeps):
     with socket.socket() as sock:  # a port nobody listens on: bound, read, released
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = LiteLLMProvisioner(f"http://127.0.0.1:{port}", "sk-master-unused", timeout_seconds=TIMEOUT)
+    client = LiteLLMProvisioner(f"http://127.0.0.1:{port}", "sk-master-unused", timeout_seconds=TIMEOUT,
+                                sleep=sleeps)
     request = KeyRequest.new("ann@example.com", "gpt-4o")
-    with pytest.raises(TransientError, match=r"failed: ConnectError \(3 tries\)"):
+    with pytest.raises(TransientError, match=r"failed: ConnectError \(3 tries\)") as raised:
         client.issue(request, model, client.prepare(request, model))
+    assert not raised.value.reached and len(sleeps) == 2
 
 
 def test_a_refusal_is_permanent_and_names_the_reason(litellm, provisioner, model):

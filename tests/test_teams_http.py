@@ -207,7 +207,7 @@ def test_end_to_end_with_the_timer_and_status_never_shows_keys(client, arm, apim
     put = client.put("/api/teams/beta", json={"path": "developer-requests/beta/access.yaml",
                                               "content": per_model_file()}, headers=basic())
     assert put.status_code == 201
-    invoke(functions["approval_timer"], TimerRequest(past_due=False))
+    invoke(functions["team_timer"], TimerRequest(past_due=False))
 
     keys = service.subscriptions["sub-beta"].properties
     status = client.get("/api/teams/beta", headers=basic())
@@ -229,7 +229,7 @@ def test_end_to_end_with_the_timer_and_status_never_shows_keys(client, arm, apim
     assert len(list((context.settings().email_outbox_dir).glob("*.eml"))) == 1
 
     client.delete("/api/teams/beta", headers=basic())
-    invoke(functions["approval_timer"], TimerRequest(past_due=False))
+    invoke(functions["team_timer"], TimerRequest(past_due=False))
     assert client.get("/api/teams/beta", headers=basic()).status_code == 404
     assert service.products == {} and service.subscriptions == {}
     assert json.dumps(core_api.list_namespaced_secret(app_env).to_dict(), default=str).count("beta-api-key") == 0

@@ -13,6 +13,7 @@ import pytest
 
 from shared.domain import policy
 from shared.domain.team import parse
+from shared.domain.team import steps as team_steps
 from shared.services import teams
 from shared.store.teams import team_selector
 from tests.standins.faults import status
@@ -90,7 +91,7 @@ def test_reconcile_creates_everything(harness, catalog):
 
     done = h.store.get("beta")
     assert (done.phase, done.generation, done.observed_generation, done.settled) == ("ready", 1, 1, True)
-    assert set(done.steps) == set(teams.LIVE_STEPS)
+    assert set(done.steps) == set(team_steps.LIVE_STEPS)
     record_secret = h.secret("llm-team-access-beta")
     assert record_secret.metadata.labels["team-settled"] == "true"
     assert record_secret.metadata.labels["app.kubernetes.io/component"] == "llm-team-access"
@@ -187,8 +188,7 @@ def test_a_transient_500_is_retried(harness, catalog):
     assert waiting.next_attempt_at is not None and not waiting.settled
     assert waiting.done("product") and not waiting.done("policy")
 
-    import time
-    time.sleep(0.1)
+    h.clock.advance(waiting.attempts * 1.0)  # past the planned retry (0.05 s base backoff)
     assert h.tick().outcomes == {"ready": 1}
     done = h.store.get("alpha")
     assert (done.phase, done.attempts, done.last_error, done.generation) == ("ready", 0, None, 2)

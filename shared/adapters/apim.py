@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from shared.adapters.azure_clients import DEFAULT_ARM_ENDPOINT, apim_client, default_credential
 from shared.adapters.http_retry import Retryable, parse_retry_after, with_retries
@@ -49,9 +51,11 @@ class ApimService:
     purpose = "APIM"
 
     def __init__(self, subscription_id: str, resource_group: str, service_name: str, *,
-                 base_url: str = DEFAULT_ARM_ENDPOINT, credential: "TokenCredential | None" = None,
+                 base_url: str = DEFAULT_ARM_ENDPOINT, credential: TokenCredential | None = None,
                  managed_identity_client_id: str | None = None, ca_bundle: Path | str | None = None,
-                 timeout_seconds: float = 10.0, quick_retries: int = 2, max_inline_wait: float = 5.0) -> None:
+                 timeout_seconds: float = 10.0, quick_retries: int = 2, max_inline_wait: float = 5.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._sleep = sleep
         self._azure_subscription = subscription_id
         self._resource_group = resource_group
         self._service = service_name
@@ -66,7 +70,7 @@ class ApimService:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "ApimService":
+    def from_settings(cls, settings: Any) -> Self:
         """From the app settings (`shared.settings.Settings`); the APIM_* names are required."""
         missing = [name for name, value in (("APIM_SUBSCRIPTION_ID", settings.apim_subscription_id),
                                             ("APIM_RESOURCE_GROUP", settings.apim_resource_group),
@@ -91,7 +95,7 @@ class ApimService:
     def _run(self, what: str, call: Callable[[], T],
              on_missing: Callable[[str], BackendError] | None) -> T:
         return call_arm(f"APIM {what}", call, on_missing, timeout=self._timeout,
-                        retries=self._quick_retries, max_wait=self._max_inline_wait)
+                        retries=self._quick_retries, max_wait=self._max_inline_wait, sleep=self._sleep)
 
 
 class ApimProvisioner(ApimService):
@@ -104,7 +108,7 @@ class ApimProvisioner(ApimService):
         return Credentials(references={REF_SUBSCRIPTION: subscription_id(request)})
 
     def issue(self, request: KeyRequest, model: CatalogModel, prepared: Credentials) -> Credentials:
-        from azure.mgmt.apimanagement.models import SubscriptionCreateParameters, SubscriptionUpdateParameters
+        from azure.mgmt.apimanagement.models import SubscriptionCreateParameters
 
         grant = model.provisioning.apim
         if grant is None:
@@ -114,11 +118,6 @@ class ApimProvisioner(ApimService):
         client = self._apim()
         rg, service = self._resource_group, self._service
         references = {REF_SUBSCRIPTION: sid, REF_PRODUCT: product}
-
-        def vanished(arm: str) -> BackendError:
-            # Deleted between our calls (a concurrent revoke?): the next attempt's PUT recreates it.
-            return TransientError(f"APIM subscription {sid} vanished while being issued: {arm}")
-
         create = SubscriptionCreateParameters(
             scope=f"/products/{product}",
             display_name=f"{request.email} ({model.id})"[:DISPLAY_NAME_MAX],
@@ -128,6 +127,23 @@ class ApimProvisioner(ApimService):
                   lambda: client.subscription.create_or_update(rg, service, sid, create, notify=False),
                   on_missing=lambda arm: PermanentError(
                       f"product {product} not found in APIM service {service} (resource group {rg}): {arm}"))
+        try:
+            return self._finish_issue(request, sid, product, grant, references)
+        except BackendError as exc:
+            exc.reached = True  # the subscription was created: it exists whatever failed after
+            raise
+
+    def _finish_issue(self, request: KeyRequest, sid: str, product: str, grant: Any,
+                      references: dict[str, str]) -> Credentials:
+        from azure.mgmt.apimanagement.models import SubscriptionUpdateParameters
+
+        client = self._apim()
+        rg, service = self._resource_group, self._service
+
+        def vanished(arm: str) -> BackendError:
+            # Deleted between our calls (a concurrent revoke?): the next attempt's PUT recreates it.
+            return TransientError(f"APIM subscription {sid} vanished while being issued: {arm}")
+
         if grant.expires_after_days:
             # From the decision (else the request), never from now: a retry sets the same date again.
             expires = (request.decided_at or request.created_at) + timedelta(days=grant.expires_after_days)
@@ -164,7 +180,7 @@ class ApimProvisioner(ApimService):
 
 
 def call_arm(label: str, call: Callable[[], T], on_missing: Callable[[str], BackendError] | None, *,
-             timeout: float, retries: int, max_wait: float) -> T:
+             timeout: float, retries: int, max_wait: float, sleep: Callable[[float], None] = time.sleep) -> T:
     """`call` with quick retries, its errors mapped to TransientError / PermanentError (every
     APIM call of the app goes through here). `on_missing` builds the error for a 404 from ARM's
     message; None lets ResourceNotFoundError through to the caller."""
@@ -181,16 +197,22 @@ def call_arm(label: str, call: Callable[[], T], on_missing: Callable[[str], Back
     def attempt() -> T:
         try:
             return call()
-        except (ServiceRequestTimeoutError, ServiceResponseTimeoutError):
+        except ServiceRequestTimeoutError:  # no request was sent: nothing changed at APIM
+            raise TransientError(f"{label}: could not connect within {timeout:g} s", reached=False) from None
+        except ServiceResponseTimeoutError:
             # Already waited the whole timeout: no quick retry, the processor reschedules.
-            raise TransientError(f"{label}: timed out after {timeout:g} s") from None
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            raise Retryable(TransientError(f"{label}: connection failed ({type(exc).__name__})")) from None
+            raise TransientError(f"{label}: timed out after {timeout:g} s", in_flight=True) from None
+        except ServiceRequestError as exc:  # "no request was sent"
+            raise Retryable(TransientError(f"{label}: connection failed ({type(exc).__name__})",
+                                           reached=False)) from None
+        except ServiceResponseError as exc:  # lost after sending: ARM may still finish it
+            raise Retryable(TransientError(f"{label}: connection failed ({type(exc).__name__})",
+                                           in_flight=True)) from None
         except ClientAuthenticationError as exc:
             # No response: the token service failed (e.g. the managed identity endpoint is down);
             # a 401 from ARM: the token was refused. Both may heal without a change to the request.
             reason = "ARM refused the token" if exc.response is not None else "could not get a token"
-            raise TransientError(f"{label}: {reason} ({_arm_message(exc)})") from None
+            raise TransientError(f"{label}: {reason} ({_arm_message(exc)})", reached=False) from None
         except ResourceNotFoundError as exc:
             if on_missing is None:
                 raise
@@ -198,14 +220,14 @@ def call_arm(label: str, call: Callable[[], T], on_missing: Callable[[str], Back
         except HttpResponseError as exc:
             raise _mapped(label, exc) from None
 
-    return with_retries(attempt, label, retries=retries, max_wait=max_wait)
+    return with_retries(attempt, label, retries=retries, max_wait=max_wait, sleep=sleep)
 
 def _mapped(label: str, exc: Any) -> Exception:
     status = exc.status_code or 0
     message = f"{label}: ARM answered {status}: {_arm_message(exc)}"
     if status == 429 or status >= 500:
         retry_after = parse_retry_after(exc.response.headers.get("Retry-After")) if exc.response else None
-        return Retryable(TransientError(message, retry_after))
+        return Retryable(TransientError(message, retry_after, in_flight=status in (502, 504)))
     if status in (409, 412):
         # Someone changed the subscription meanwhile: read it again on the next attempt.
         return TransientError(message)

@@ -11,7 +11,8 @@ permanent. Deleting what is not there counts as success. The SDKs are imported o
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from shared.adapters.apim import ApimService, _arm_message  # one client and error mapping for every APIM call
 from shared.services.ports import BackendError, PermanentError, TransientError
@@ -50,7 +51,8 @@ class ApimTeamProducts(ApimService):
         self._run(f"set policy of product {product_id}",
                   lambda: client.product_policy.create_or_update(self._resource_group, self._service, product_id,
                                                                  POLICY_ID, policy),
-                  on_missing=lambda arm: TransientError(f"product {product_id} vanished while its policy was set: {arm}"))
+                  on_missing=lambda arm: TransientError(
+                      f"product {product_id} vanished while its policy was set: {arm}"))
 
     def linked_apis(self, product_id: str) -> list[str]:
         client = self._apim()
@@ -113,7 +115,8 @@ class ApimTeamProducts(ApimService):
         self._run(f"create subscription {sid}",
                   lambda: client.subscription.create_or_update(self._resource_group, self._service, sid, create,
                                                                notify=False),
-                  on_missing=lambda arm: TransientError(f"product {product_id} not found for subscription {sid}: {arm}"))
+                  on_missing=lambda arm: TransientError(
+                      f"product {product_id} not found for subscription {sid}: {arm}"))
 
     def subscription_keys(self, sid: str) -> tuple[str, str]:
         client = self._apim()

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 
 
-def default_credential(managed_identity_client_id: str | None = None) -> "TokenCredential":
+def default_credential(managed_identity_client_id: str | None = None) -> TokenCredential:
     """DefaultAzureCredential: the app's managed identity on Azure (a user-assigned one when its
     client id is given), a developer's az login locally."""
     from azure.identity import DefaultAzureCredential
@@ -41,7 +41,7 @@ def trust_bundle(ca_bundle: str) -> str:
     return path
 
 
-def apim_client(subscription_id: str, base_url: str, credential: "TokenCredential",
+def apim_client(subscription_id: str, base_url: str, credential: TokenCredential,
                 ca_bundle: Path | str | None = None, *, timeout_seconds: float = 10.0,
                 retry_total: int = 0) -> Any:
     """An `ApiManagementClient` (api-version 2024-05-01) with short timeouts.

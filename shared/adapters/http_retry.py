@@ -11,8 +11,9 @@ import email.utils
 import logging
 import random
 import time
-from datetime import datetime, timezone
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TypeVar
 
 from shared.services.ports import TransientError
 
@@ -47,27 +48,36 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def with_retries(attempt: Callable[[], T], what: str, *, retries: int = QUICK_RETRIES,
-                 max_wait: float = MAX_INLINE_WAIT) -> T:
+                 max_wait: float = MAX_INLINE_WAIT, sleep: Callable[[float], None] = time.sleep,
+                 draw: Callable[[float, float], float] = random.uniform) -> T:
     """Run `attempt`, trying again up to `retries` times while it raises Retryable and the wait
-    (its Retry-After, else a short jittered backoff) is at most `max_wait` seconds."""
+    (its Retry-After, else a short jittered backoff) is at most `max_wait` seconds. The error
+    raised in the end says whether any try may have reached the backend (`reached`)."""
     tries = 0
+    # Whether any try may have reached the backend, or may still be running there.
+    reached = in_flight = False
     while True:
         try:
             return attempt()
         except Retryable as exc:
             error = exc.error
+            reached, in_flight = reached or error.reached, in_flight or error.in_flight
             wait = error.retry_after
             if wait is None:
-                wait = BASE_DELAY * (2 ** tries) * random.uniform(0.5, 1.5)
-            if wait > max_wait:
-                raise error from None
-            if tries >= retries:
-                raise TransientError(f"{error.message} ({tries + 1} tries)", error.retry_after) from None
+                wait = BASE_DELAY * (2 ** tries) * draw(0.5, 1.5)
+            if wait > max_wait or tries >= retries:
+                message = error.message if wait > max_wait else f"{error.message} ({tries + 1} tries)"
+                raise TransientError(message, error.retry_after, reached, in_flight) from None
             tries += 1
             log.info("%s: %s; try %d of %d in %.1f s", what, error.message, tries + 1, retries + 1, wait)
-            time.sleep(wait)
+            sleep(wait)
+        except TransientError as exc:
+            if (reached and not exc.reached) or (in_flight and not exc.in_flight):
+                raise TransientError(exc.message, exc.retry_after, reached or exc.reached,
+                                     in_flight or exc.in_flight) from None
+            raise

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,9 @@ class LiteLLMProvisioner:
 
     def __init__(self, base_url: str, master_key: str, *, timeout_seconds: float = 10.0,
                  ca_bundle: Path | str | None = None, quick_retries: int = 2,
-                 max_inline_wait: float = 5.0) -> None:
+                 max_inline_wait: float = 5.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self._base_url = base_url.rstrip("/")
+        self._sleep = sleep
         self._master_key = master_key
         self._timeout = timeout_seconds
         self._quick_retries = quick_retries
@@ -60,14 +63,6 @@ class LiteLLMProvisioner:
             timeout=httpx.Timeout(timeout_seconds),
             verify=ssl_context(ca_bundle),
         )
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "LiteLLMProvisioner":
-        """From the app settings (`shared.settings.Settings`); LITELLM_API_KEY is required."""
-        if settings.litellm_api_key is None:
-            raise ValueError("LITELLM_API_KEY is not set: the LiteLLM master key is needed to issue keys")
-        return cls(settings.litellm_base_url, settings.litellm_api_key.get_secret_value(),
-                   timeout_seconds=settings.litellm_timeout_seconds, ca_bundle=settings.ca_bundle)
 
     def __repr__(self) -> str:
         return f"LiteLLMProvisioner(base_url={self._base_url!r})"
@@ -122,9 +117,6 @@ class LiteLLMProvisioner:
     def _generate_body(request: KeyRequest, model: CatalogModel, key: str, alias: str) -> dict[str, Any]:
         grant = model.provisioning.litellm
         metadata: dict[str, Any] = {"request_id": request.id, "email": request.email, "requested_model": model.id}
-        cost_center = getattr(request, "cost_center", None)  # set when the request carries one
-        if cost_center:
-            metadata["cost_center"] = cost_center
         body: dict[str, Any] = {"key": key, "key_alias": alias, "models": list(grant.models) or [model.id],
                                 "user_id": request.email, "metadata": metadata}
         body.update({name: getattr(grant, name) for name in _LIMITS if getattr(grant, name) is not None})
@@ -139,23 +131,30 @@ class LiteLLMProvisioner:
         def attempt() -> httpx.Response:
             try:
                 response = self._client.request(method, path, **kwargs)
+            except httpx.ConnectTimeout:
+                raise TransientError(f"{what} could not connect within {self._timeout:g} s", reached=False) from None
             except httpx.TimeoutException:
                 # Already waited the whole timeout: no quick retry, the processor reschedules.
-                raise TransientError(f"{what} timed out after {self._timeout:g} s") from None
-            except httpx.TransportError as exc:
-                raise Retryable(TransientError(f"{what} failed: {type(exc).__name__}")) from None
+                raise TransientError(f"{what} timed out after {self._timeout:g} s", in_flight=True) from None
+            except httpx.ConnectError as exc:  # never connected: the call changed nothing
+                raise Retryable(TransientError(f"{what} failed: {type(exc).__name__}", reached=False)) from None
+            except httpx.TransportError as exc:  # lost after sending: LiteLLM may still finish it
+                raise Retryable(TransientError(f"{what} failed: {type(exc).__name__}", in_flight=True)) from None
             status = response.status_code
             if response.is_success or status in accept:
                 return response
             message = self._error_message(response, key)
             if status == 429 or status >= 500:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                raise Retryable(TransientError(f"{what} answered {status}: {message}", retry_after))
+                # A gateway's 502/504 answers for a LiteLLM that may still be working on the call.
+                raise Retryable(TransientError(f"{what} answered {status}: {message}", retry_after,
+                                               in_flight=status in (502, 504)))
             if status in (401, 403):
                 raise PermanentError(f"{what} answered {status}: LiteLLM refused the master key ({message})")
             raise PermanentError(f"{what} answered {status}: {message}")
 
-        return with_retries(attempt, what, retries=self._quick_retries, max_wait=self._max_inline_wait)
+        return with_retries(attempt, what, retries=self._quick_retries, max_wait=self._max_inline_wait,
+                            sleep=self._sleep)
 
     def _error_message(self, response: httpx.Response, key: str) -> str:
         """LiteLLM's own reason, from `{"error": {"message"}}`, `{"detail": ...}` or a validation

@@ -16,13 +16,14 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import cast
 
 import httpx
 
 from shared.adapters.tls import ssl_context
 from shared.config import WebhookRule
 from shared.domain.request import KeyRequest
-from shared.domain.rules import Decision
+from shared.domain.rules import Decision, DecisionKind
 from shared.services.ports import TransientError
 
 log = logging.getLogger(__name__)
@@ -74,4 +75,5 @@ class WebhookApprover:
             return None
         if decision not in ("approve", "deny", "review"):
             raise TransientError(f"approval webhook {rule.url} answered an unknown decision {decision!r}")
-        return Decision(decision, reason or f"decided by the approval webhook ({decision})", "webhook")
+        kind = cast(DecisionKind, decision)  # checked just above: one of the three
+        return Decision(kind, reason or f"decided by the approval webhook ({kind})", "webhook")

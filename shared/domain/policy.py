@@ -11,7 +11,8 @@ Pure: `render(spec)` returns the policy in both of APIM's inline formats:
 The document:
 
     <policies><inbound><base/>
-      <set-variable name="requested-model" value="@{ deployment-id of an Azure OpenAI route, else the JSON body's model }"/>
+      <set-variable name="requested-model"
+                    value="@{ deployment-id of an Azure OpenAI route, else the JSON body's model }"/>
       <choose>
         <when condition="@(model is gpt-4o)">          one per model with limits of its own:
           <llm-token-limit counter-key="@(context.Subscription.Id + ":gpt-4o")" .../>
@@ -32,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Iterable
+from collections.abc import Iterable
 from xml.sax.saxutils import escape
 
 from shared.domain.team import SAFE_MODEL_NAME, Limits, ModelGrant, TeamSpec
@@ -62,7 +63,7 @@ MODEL_EXPRESSION = (
 class Element:
     tag: str
     attributes: tuple[tuple[str, str], ...] = ()
-    children: tuple["Element", ...] = ()
+    children: tuple[Element, ...] = ()
     text: str | None = None
 
 

@@ -11,13 +11,14 @@ import dataclasses
 import enum
 import re
 import uuid
-from datetime import datetime, timezone
-from typing import Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
 
-class State(str, enum.Enum):
+class State(str, enum.Enum):  # noqa: UP042 - StrEnum would change str() and format() of the members
     PENDING = "pending"  # new: the rules have not decided yet
     IN_REVIEW = "in-review"  # waits for a human (admin API or kubectl label)
     APPROVED = "approved"  # decided: access is to be provisioned and the requester told
@@ -49,7 +50,7 @@ class InvalidInput(ValueError):
 def utcnow() -> datetime:
     # Full precision: retry times and leases are compared with it, and a truncated clock would
     # hold a retry due in 50 ms until the next whole second.
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_request_id() -> str:
@@ -91,6 +92,8 @@ class KeyRequest:
     # what was decided, by whom and why
     decision: str | None = None
     reason: str | None = None
+    # the reason annotation was written by someone else than this app (e.g. kubectl annotate)
+    reason_edited: bool = False
     decided_by: str | None = None
     decided_at: datetime | None = None
     # progress of the current step, so a restart resumes where it stopped
@@ -112,7 +115,7 @@ class KeyRequest:
     resource_version: str | None = None
 
     @classmethod
-    def new(cls, email: str, model: str, now: datetime | None = None) -> "KeyRequest":
+    def new(cls, email: str, model: str, now: datetime | None = None) -> KeyRequest:
         now = now or utcnow()
         return cls(id=new_request_id(), email=email, model=model, state=State.PENDING,
                    created_at=now, updated_at=now)
@@ -128,10 +131,11 @@ class KeyRequest:
         return (self.lease_holder not in (None, holder) and self.lease_until is not None
                 and self.lease_until > now)
 
-    def with_changes(self, now: datetime | None = None, **changes: object) -> "KeyRequest":
+    def with_changes(self, now: datetime | None = None, **changes: Any) -> KeyRequest:
+        # Any: the values go to dataclasses.replace as they are, one type per field
         return dataclasses.replace(self, updated_at=now or utcnow(), **changes)
 
-    def enter(self, state: State, now: datetime | None = None, **changes: object) -> "KeyRequest":
+    def enter(self, state: State, now: datetime | None = None, **changes: object) -> KeyRequest:
         """Move to `state`: its work starts from nothing (no steps, no retries pending), while issued
         access (secrets, references) stays recorded until it is revoked."""
         fresh: dict[str, object] = {"steps": {}, "settled": None, "attempts": 0, "next_attempt_at": None}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from shared.config import Approval, CatalogModel, MatchRule, WebhookRule
 from shared.domain.request import KeyRequest

@@ -102,7 +102,8 @@ def admin_list_requests(req: func.HttpRequest) -> func.HttpResponse:
     try:
         items, token = context.request_store().list(states, limit=limit, continue_token=req.params.get("continue"))
     except InvalidArgument:
-        raise HttpError(422, "Invalid continue token: it may have expired; list again from the start", [{"field": "continue", "reason": "not recognised"}]) from None
+        raise HttpError(422, "Invalid continue token: it may have expired; list again from the start",
+                        [{"field": "continue", "reason": "not recognised"}]) from None
     items.sort(key=lambda r: r.created_at, reverse=True)
     headers = {CONTINUE_HEADER: token} if token else {}
     return json_response([summary(r) for r in items], headers=headers)

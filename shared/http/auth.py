@@ -22,6 +22,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 
 import azure.functions as func
 
@@ -127,15 +128,22 @@ def _basic(req: func.HttpRequest, token: str, settings: Settings) -> Principal:
 
 
 def _app_service_principal(req: func.HttpRequest, settings: Settings) -> Principal:
+    return app_service_principal(req.headers, settings)
+
+
+def app_service_principal(headers: Mapping[str, str], settings: Settings, what: str = "admin API") -> Principal:
+    """The principal App Service authentication put in `headers` (lower-case names), if it holds
+    ADMIN_ROLE: HttpError 401 when the header is malformed, 403 without the role. Only for callers
+    that checked ADMIN_TRUST_APP_SERVICE_AUTH: the header is the platform's word only then."""
     try:
-        principal = json.loads(base64.b64decode(req.headers["x-ms-client-principal"]))
+        principal = json.loads(base64.b64decode(headers["x-ms-client-principal"]))
         role_type = principal.get("role_typ") or "roles"
         claims = principal.get("claims") or []
         roles = {c.get("val") for c in claims if c.get("typ") in (role_type, "roles")}
-    except (ValueError, binascii.Error, AttributeError, TypeError):
+    except (KeyError, ValueError, binascii.Error, AttributeError, TypeError):
         raise _unauthorized("The App Service principal header is malformed") from None
-    name = req.headers.get("x-ms-client-principal-name") or "unknown"
+    name = headers.get("x-ms-client-principal-name") or "unknown"
     if settings.admin_role not in roles:
-        log.warning("admin API: %s lacks the %s role", name, settings.admin_role)
+        log.warning("%s: %s lacks the %s role", what, name[:128], settings.admin_role)
         raise HttpError(403, f"The app role {settings.admin_role} is required")
     return Principal(name, "entra")

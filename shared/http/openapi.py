@@ -32,7 +32,7 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: _json(schemas.ErrorBody, _ERRORS[code]) for code in codes}
 
 
-_ADMIN = [{"basicAuth": []}, {"apiKey": []}, {"appServiceAuth": []}]
+_ADMIN: list[dict[str, list[str]]] = [{"basicAuth": []}, {"apiKey": []}, {"appServiceAuth": []}]
 _SECURITY = {
     "basicAuth": {"type": "http", "scheme": "basic", "description": "ADMIN_USERNAME / ADMIN_PASSWORD"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "x-functions-key", "description": "ADMIN_API_KEY"},
@@ -138,9 +138,10 @@ def _public_paths() -> dict[str, Any]:
 
 @functools.cache
 def document() -> dict[str, Any]:
-    models = [schemas.KeyRequestBody, schemas.KeyRequestAnswer, schemas.RequestStatus, schemas.ModelInfo,
-              schemas.ModelList, schemas.FeaturedModelInfo, schemas.FeaturedModelList, schemas.Health,
-              schemas.ErrorBody]
+    models: list[type[BaseModel]] = [
+        schemas.KeyRequestBody, schemas.KeyRequestAnswer, schemas.RequestStatus, schemas.ModelInfo,
+        schemas.ModelList, schemas.FeaturedModelInfo, schemas.FeaturedModelList, schemas.Health,
+        schemas.ErrorBody]
     components: dict[str, Any] = {}
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")

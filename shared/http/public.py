@@ -70,7 +70,7 @@ def request_status(req: func.HttpRequest) -> func.HttpResponse:
         "request_id": request.id,
         "model": request.model,
         "state": request.state.value,
-        "message": intake.status_message(request),
+        "message": intake.status_message(request, bool(context.config().notifications.admins)),
         "created_at": request.created_at.isoformat(),
         "updated_at": request.updated_at.isoformat(),
         "reason": request.reason if request.state.value in ("denied", "failed", "revoked") else None,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import azure.functions as func
 
@@ -79,7 +80,7 @@ def handles_errors(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> 
         except Exception as exc:  # noqa: BLE001 - the boundary: nothing escapes as a stack trace
             try:
                 error = _to_error(exc)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("unhandled error in %s %s", req.method, _path(req))
                 return error_response(500, "Internal server error")
             level = logging.ERROR if error.status >= 500 else logging.INFO

@@ -29,7 +29,7 @@ from shared.http.responses import HttpError, handles_errors, json_response
 
 if TYPE_CHECKING:
     from shared.domain.team import TeamCatalog, TeamFileError
-    from shared.services.teams import Plan
+    from shared.services.team_plan import Plan
 
 log = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -60,7 +60,8 @@ def _file_of(req: func.HttpRequest) -> tuple[str, str]:
     is_json = content_type == "application/json" or content_type.endswith("+json")
     if content_type not in YAML_TYPES and not is_json:
         raise HttpError(415, "Send the access.yaml as Content-Type: application/yaml, or JSON "
-                             '{"path": ..., "content": ...} as application/json', {"content_type": content_type or None})
+                             '{"path": ..., "content": ...} as application/json',
+                        {"content_type": content_type or None})
     limit = MAX_JSON_BYTES if is_json else MAX_FILE_BYTES
     declared = req.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -94,7 +95,7 @@ def _file_of(req: func.HttpRequest) -> tuple[str, str]:
     return (path or "").strip() or "(body)", data["content"]
 
 
-def _invalid(error: "TeamFileError") -> HttpError:
+def _invalid(error: TeamFileError) -> HttpError:
     first = str(error.issues[0])
     more = len(error.issues) - 1
     message = first + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
@@ -102,7 +103,7 @@ def _invalid(error: "TeamFileError") -> HttpError:
                                     "lines": [str(i) for i in error.issues]})
 
 
-def _catalog() -> "TeamCatalog":
+def _catalog() -> TeamCatalog:
     from shared.domain.team import TeamCatalog
 
     return TeamCatalog.from_config(context.config())
@@ -117,7 +118,7 @@ def _team_param(req: func.HttpRequest) -> str:
     return name
 
 
-def _check(source: str, text: str) -> tuple[Any, "Plan"]:
+def _check(source: str, text: str) -> tuple[Any, Plan]:
     from shared.domain.team import TeamFileError
 
     try:

@@ -11,15 +11,21 @@ from shared.services.ports import RequestStore
 
 log = logging.getLogger(__name__)
 
-_MESSAGES = {
-    State.PENDING: "Your key request for {model} has been received. You will be notified by email once it is processed.",
-    State.IN_REVIEW: "Your key request for {model} is waiting for a reviewer. You will be notified by email once it is decided.",
-    State.APPROVED: "Your key request for {model} has been approved; your key is being issued and will arrive by email.",
+_MESSAGES: dict[object, str] = {
+    State.PENDING: "Your key request for {model} has been received. "
+                   "You will be notified by email once it is processed.",
+    State.IN_REVIEW: "Your key request for {model} is waiting for a reviewer. "
+                     "You will be notified by email once it is decided.",
+    State.APPROVED: "Your key request for {model} has been approved; "
+                    "your key is being issued and will arrive by email.",
     State.ACTIVE: "Your key request for {model} has been approved. Check your email for the API key.",
     State.DENIED: "Your key request for {model} was denied.",
     State.REVOKING: "Access for {model} is being revoked.",
     State.REVOKED: "Your key for {model} has been revoked.",
     State.FAILED: "Your key request for {model} could not be completed; the platform team has been told.",
+    # With no admins configured (notifications.admins), nobody has been told: say what to do instead.
+    "failed-untold": "Your key request for {model} could not be completed; please tell your platform team "
+                     "the request id.",
     State.EXPIRED: "Your key for {model} has expired.",
 }
 
@@ -28,14 +34,16 @@ _MESSAGES = {
 class Submitted:
     request: KeyRequest
     created: bool
+    admins_told: bool = True
 
     @property
     def message(self) -> str:
-        return status_message(self.request)
+        return status_message(self.request, self.admins_told)
 
 
-def status_message(request: KeyRequest) -> str:
-    return _MESSAGES[request.state].format(model=request.model)
+def status_message(request: KeyRequest, admins_told: bool = True) -> str:
+    key = "failed-untold" if request.state == State.FAILED and not admins_told else request.state
+    return _MESSAGES[key].format(model=request.model)
 
 
 def submit_request(store: RequestStore, config: AppConfig, email: str, model: str) -> Submitted:
@@ -49,7 +57,7 @@ def submit_request(store: RequestStore, config: AppConfig, email: str, model: st
         log.info("request %s created: model=%s domain=%s", stored.id, model_id, normalised.split("@")[1])
     else:
         log.info("request %s already open (%s): model=%s", stored.id, stored.state, model_id)
-    return Submitted(stored, created)
+    return Submitted(stored, created, bool(config.notifications.admins))
 
 
 def find_request(store: RequestStore, request_id: str) -> KeyRequest | None:

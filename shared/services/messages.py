@@ -13,13 +13,14 @@ import functools
 import hashlib
 import json
 import re
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import jinja2
 
-from shared.config import CatalogModel, Notifications
+from shared.config import CatalogModel, Notifications, SubjectKind
 from shared.domain.request import KeyRequest
 from shared.services.ports import Email
 
@@ -70,9 +71,9 @@ class _Keep(dict):
         return "{" + key + "}"
 
 
-def subject(kind: str, notifications: Notifications, **values: object) -> str:
+def subject(kind: SubjectKind, notifications: Notifications, **values: object) -> str:
     """The configured (or default) subject for `kind`, filled in and flattened to one line."""
-    pattern = notifications.subjects.get(kind) or DEFAULT_SUBJECTS[kind]  # type: ignore[call-overload]
+    pattern = notifications.subjects.get(kind) or DEFAULT_SUBJECTS[kind]
     fields = _Keep(product=notifications.product_name, **{k: str(v) for k, v in values.items()})
     try:
         text = pattern.format_map(fields)
@@ -87,8 +88,8 @@ def _when(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _common(notifications: Notifications) -> dict[str, Any]:

@@ -7,7 +7,8 @@ cases know only this module and the domain, so they run the same against real se
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Mapping, Protocol
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from shared.config import CatalogModel
 from shared.domain.request import KeyRequest, State
@@ -59,19 +60,30 @@ class RequestStore(Protocol):
 
 
 class BackendError(Exception):
-    """A provisioning or email backend failed. Messages never contain a key or a password."""
+    """A provisioning or email backend failed. Messages never contain a key or a password.
 
-    def __init__(self, message: str) -> None:
+    `reached` is False only when no request reached the backend (a connection that was never
+    made): then the call cannot have changed anything there.
+    """
+
+    def __init__(self, message: str, reached: bool = True) -> None:
         super().__init__(message)
         self.message = message
+        self.reached = reached
 
 
 class TransientError(BackendError):
-    """Timeout, connection error, 5xx, 429: try again later (after `retry_after` seconds if given)."""
+    """Timeout, connection error, 5xx, 429: try again later (after `retry_after` seconds if given).
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    `in_flight` says the call went unanswered (a timeout, a connection lost after sending, a
+    gateway's 502/504): the backend may still be working on it, and finish it later.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, reached: bool = True,
+                 in_flight: bool = False) -> None:
+        super().__init__(message, reached)
         self.retry_after = retry_after
+        self.in_flight = in_flight
 
 
 class PermanentError(BackendError):

@@ -1,26 +1,16 @@
-"""The approval timer's work: move every due request one or more steps toward its goal.
+"""The approval timer's work on key requests: the request `Flow` of the engine (engine.py).
 
-Level-triggered, like a Kubernetes controller. Each tick sweeps the states that have work (by
-label selector), and for each request:
+`shared.domain.request_steps.next_step` says what a request needs next; this module does each
+named step (`Processor._steps`) and says where a failure leads. Every step is idempotent and
+recorded before the next one starts, so a crash between any two resumes where it stopped.
+Provisioning is two recorded steps, `prepare` (choose the key and ids, no I/O) then `issue` (call
+the backend with them), so a retry after a crash reuses the recorded values and never creates a
+second key. Transient failures are retried with backoff and never turn into a denial.
 
-1. takes a short lease on it (a resourceVersion-guarded write), so two processors never call a
-   backend for the same request at once; a crashed holder's lease simply runs out;
-2. does the next step for its state, records the outcome on the Secret, and goes on until the
-   state's work is done (`settled`) or a step must wait.
-
-Every step is idempotent and recorded before the next one starts, so a crash between any two
-steps resumes where it stopped. Provisioning is split in two recorded steps: `prepare` (choose the
-key and ids, no I/O) then `issue` (call the backend with them), so a retry after a crash reuses
-the recorded values and never creates a second key. Transient failures are retried with
-exponential backoff and jitter; they never turn into a denial.
-
-Goals per state (the label is the source of truth; a human may set it with kubectl):
-  pending   -> decide by the rules: approved, denied or in-review
-  in-review -> tell the reviewers, then wait for a human
-  approved  -> provision every backend, email the key, then active
-  denied    -> revoke anything issued, email the reason
-  revoking  -> revoke anything issued, then revoked
-  failed    -> revoke anything issued, tell the admins
+Taking access back is as careful as giving it: cleanup revokes only what may have been issued,
+and a revoke made while a create call could still complete at the backend is made again once
+that call has run out (`lease_seconds` after it went unanswered). A revoke that keeps failing is
+recorded and reported to the admins once; it is not retried by itself.
 """
 
 from __future__ import annotations
@@ -31,41 +21,44 @@ import os
 import random
 import socket
 import uuid
-from datetime import datetime, timedelta
-from typing import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 
 from shared.config import AppConfig, CatalogModel
+from shared.domain import request_steps as steps
 from shared.domain import rules
 from shared.domain.request import KeyRequest, State, utcnow
-from shared.services import messages, ticks
-from shared.services.ticks import TickReport
+from shared.domain.request_steps import Next
+from shared.services import messages
+from shared.services.engine import Engine, EngineOptions, Step
 from shared.services.ports import (
-    Conflict,
+    BackendError,
     Credentials,
     Email,
-    NotFound,
     Notifier,
     PermanentError,
     Provisioner,
     RequestStore,
-    StoreError,
     TransientError,
 )
+from shared.services.ticks import TickReport
 
 log = logging.getLogger(__name__)
+audit = logging.getLogger("shared.audit")
 
 # States whose requests always have work, and states whose work ends when they are settled.
 ALWAYS_DUE = (State.PENDING, State.APPROVED, State.REVOKING)
 DUE_UNTIL_SETTLED = (State.IN_REVIEW, State.DENIED, State.FAILED)
-MAX_STEPS_PER_TICK = 12
+PAGE_SIZE = 500
 
 
 @dataclasses.dataclass(frozen=True)
 class ProcessorOptions:
     concurrency: int = 8
-    time_budget_seconds: float = 240.0  # below host.json functionTimeout (5 min)
+    time_budget_seconds: float = 180.0  # with the longest step, inside host.json functionTimeout
     lease_seconds: float = 120.0  # longer than the slowest step, with its timeouts and retries
     max_attempts: int = 6
+    max_steps: int = 12
     backoff_base_seconds: float = 10.0
     backoff_max_seconds: float = 900.0
     litellm_base_url: str | None = None
@@ -73,15 +66,24 @@ class ProcessorOptions:
     holder: str = dataclasses.field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
+    def engine(self) -> EngineOptions:
+        return EngineOptions(concurrency=self.concurrency, time_budget_seconds=self.time_budget_seconds,
+                             lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
+                             max_steps=self.max_steps, backoff_base_seconds=self.backoff_base_seconds,
+                             backoff_max_seconds=self.backoff_max_seconds, holder=self.holder)
 
-class _Wait(Exception):
-    """The current step must wait (its backend failed transiently); the retry is recorded."""
+
+StepFunction = Callable[[KeyRequest, str], KeyRequest]
 
 
 class Processor:
+    """The request flow: what the engine needs to know about key requests."""
+
+    kind = "request"
+
     def __init__(self, store: RequestStore, config: AppConfig, provisioners: Mapping[str, Provisioner],
                  notifier: Notifier, ask_webhook: rules.AskWebhook, options: ProcessorOptions | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None) -> None:
         self.store = store
         self.config = config
         self.provisioners = provisioners
@@ -89,154 +91,125 @@ class Processor:
         self.ask_webhook = ask_webhook
         self.options = options or ProcessorOptions()
         self.clock = clock
+        self.engine = Engine(self, self.options.engine(), clock, rng)
+        # Every named step of request_steps, and the function that does it (its backend, or "").
+        self._steps: dict[str, StepFunction] = {
+            steps.DECIDE: self._decide,
+            steps.NOTIFY_REVIEW: self._notify_review,
+            steps.MODEL_GONE: self._model_gone,
+            steps.PREPARE: self._prepare,
+            steps.ISSUE: self._issue,
+            steps.NOTIFY_APPROVED: self._notify_approved,
+            steps.REVOKE: self._revoke,
+            steps.FORGET: self._forget,
+            steps.ENTER_REVOKED: self._enter_revoked,
+            steps.ENTER_FAILED: self._enter_failed,
+            steps.NOTIFY_DENIED: self._notify_denied,
+            steps.NOTIFY_FAILED: self._notify_failed,
+            steps.SETTLE: self._settle,
+        }
+        assert set(self._steps) == set(steps.STEP_NAMES), "every named step has a function"
 
-    # --- a tick -----------------------------------------------------------------------------
-
-    def due(self) -> list[KeyRequest]:
-        found: list[KeyRequest] = []
-        for state in ALWAYS_DUE + DUE_UNTIL_SETTLED:
-            token = None
-            while True:
-                page, token = self.store.list([state], limit=500, continue_token=token,
-                                              unsettled_only=state in DUE_UNTIL_SETTLED)
-                found.extend(page)
-                if not token:
-                    break
-        now = self.clock()
-        return [r for r in found if r.next_attempt_at is None or r.next_attempt_at <= now]
+    # --- a tick -------------------------------------------------------------------------------
 
     def run_tick(self) -> TickReport:
-        def work(request: KeyRequest) -> str | None:
-            state = self.process(request)
-            return state.value if state else None
-
-        report = ticks.run_tick(self.due(), work, describe=lambda r: f"request {r.id}",
-                                concurrency=self.options.concurrency,
-                                budget_seconds=self.options.time_budget_seconds, name="process")
+        report = self.engine.run_tick()
         log.info("tick: %s", report.summary())
         return report
 
-    # --- one request ------------------------------------------------------------------------
-
-    def process(self, request: KeyRequest) -> State | None:
+    def process(self, request: KeyRequest) -> str | None:
         """Advance one request as far as it goes now; its resulting state, or None if skipped."""
-        now = self.clock()
-        if request.next_attempt_at and request.next_attempt_at > now:
-            return None
-        if request.leased_by_other(self.options.holder, now):
-            return None
-        try:
-            request = self.store.update(request.with_changes(
-                now, lease_holder=self.options.holder,
-                lease_until=now + timedelta(seconds=self.options.lease_seconds)))
-        except (Conflict, NotFound):
-            return None  # another processor or a human got there first; the next tick re-reads
-        try:
-            for _ in range(MAX_STEPS_PER_TICK):
-                step = self._next_step(request)
-                if step is None:
+        return self.engine.advance(request)
+
+    # --- the Flow the engine runs ---------------------------------------------------------------
+
+    def ident(self, request: KeyRequest) -> str:
+        return request.id
+
+    def due(self) -> Iterator[KeyRequest]:
+        for state in ALWAYS_DUE + DUE_UNTIL_SETTLED:
+            token = None
+            while True:
+                page, token = self.store.list([state], limit=PAGE_SIZE, continue_token=token,
+                                              unsettled_only=state in DUE_UNTIL_SETTLED)
+                yield from page
+                if not token:
                     break
-                request = self._run(step, request)
-        except _Wait as wait:
-            request = wait.args[0]
-        except (Conflict, NotFound):
-            log.info("request %s changed while being processed; the next tick takes it up", request.id)
+
+    def update(self, request: KeyRequest) -> KeyRequest:
+        return self.store.update(request)
+
+    def on_lease(self, request: KeyRequest, now: datetime) -> KeyRequest:
+        if request.lease_holder not in (None, self.options.holder) and request.lease_until is not None:
+            # Its holder died mid-run: whatever it was issuing may have reached the backend.
+            request = request.with_changes(now, references=steps.with_in_flight(request, request.lease_until))
+        by_hand = steps.hand_decision(request, now)
+        if by_hand is not None:
+            audit.info("audit: kubectl %s request %s (%s): %s", by_hand.state.value, request.id, request.model,
+                       by_hand.reason)
+            request = by_hand
+        return request
+
+    def next_step(self, request: KeyRequest, now: datetime) -> Step[KeyRequest] | None:
+        model = self.config.model(request.model)
+        found = steps.next_step(request, tuple(model.provisioning.backends) if model else None, now)
+        if found is None:
             return None
-        except StoreError as exc:  # the step's outcome was not recorded: it is redone next tick
-            log.warning("request %s: could not record progress (%s); the next tick resumes it", request.id, exc)
-            return None
-        return self._release(request).state
+        function, backend = self._steps[found.step], found.backend or ""
+        on_error = (lambda r, exc: self._issue_unanswered(r, backend, exc)) if found.step == steps.ISSUE else None
+        return Step(found.name, lambda r: function(r, backend), on_error)
 
-    def _release(self, request: KeyRequest) -> KeyRequest:
-        if request.lease_holder is None:
-            return request  # released with the last step's record
-        try:
-            return self.store.update(request.with_changes(lease_holder=None, lease_until=None))
-        except (Conflict, NotFound, StoreError):
-            return request  # the lease runs out by itself
-
-    def _run(self, step: Callable[[KeyRequest], KeyRequest], request: KeyRequest) -> KeyRequest:
-        """Do one step and record its outcome; a backend failure is recorded as a retry or a failure."""
-        try:
-            changed = step(request)
-        except TransientError as exc:
-            raise _Wait(self._retry_later(request, exc)) from None
-        except PermanentError as exc:
-            return self.store.update(self._failed(request, exc.message))
-        now = self.clock()
-        # Each recorded step renews the lease, so a long series of steps keeps the request ours;
-        # the last one (nothing left to do now) releases it in the same write.
-        last = self._next_step(changed) is None
-        # A step that succeeded clears the error of its earlier tries, but keeps one it recorded.
-        error = changed.last_error if changed.last_error != request.last_error else None
-        return self.store.update(changed.with_changes(
-            now, attempts=0, last_error=error, next_attempt_at=None,
-            lease_holder=None if last else changed.lease_holder,
-            lease_until=None if last else now + timedelta(seconds=self.options.lease_seconds)))
-
-    def _retry_later(self, request: KeyRequest, exc: TransientError) -> KeyRequest:
-        attempts = request.attempts + 1
-        now = self.clock()
-        if attempts >= self.options.max_attempts:
-            if request.state == State.PENDING:  # the rules could not decide: a human will
-                log.warning("request %s: rules failed %d times (%s); sending it to review",
-                            request.id, attempts, exc.message)
-                return self.store.update(request.enter(State.IN_REVIEW, now, decision="review",
-                                                     reason=f"the approval rules could not decide: {exc.message}",
-                                                     decided_by="processor", last_error=exc.message))
-            log.error("request %s: giving up after %d attempts: %s", request.id, attempts, exc.message)
-            return self.store.update(self._failed(request, f"gave up after {attempts} attempts: {exc.message}"))
-        delay = min(self.options.backoff_max_seconds, self.options.backoff_base_seconds * 2 ** (attempts - 1))
-        delay *= random.uniform(0.5, 1.0)  # jitter: retries of many requests do not arrive together
-        if exc.retry_after:
-            delay = max(delay, exc.retry_after)
-        log.warning("request %s (%s): attempt %d failed, retrying in %.0f s: %s",
-                    request.id, request.state, attempts, delay, exc.message)
-        return self.store.update(request.with_changes(
-            now, attempts=attempts, last_error=exc.message, next_attempt_at=now + timedelta(seconds=delay),
-            lease_holder=None, lease_until=None))
-
-    def _failed(self, request: KeyRequest, reason: str) -> KeyRequest:
+    def fail(self, request: KeyRequest, step: str, reason: str, now: datetime) -> KeyRequest:
+        """Where a step that failed for good leads."""
+        name, _, backend = step.partition(":")
+        if name == steps.REVOKE:
+            # Recorded, reported to the admins by the failure path, never retried by itself.
+            log.error("request %s: revoking %s access failed: %s", request.id, backend, reason)
+            return request.with_changes(now, last_error=f"revoking {backend} access failed: {reason}",
+                                        references={**request.references, steps.revoke_failed_ref(backend): reason})
+        if name == steps.DECIDE and reason.startswith("gave up"):
+            log.warning("request %s: the rules could not decide (%s); sending it to review", request.id, reason)
+            return request.enter(State.IN_REVIEW, now, decision="review", decided_by="processor",
+                                 reason=f"the approval rules could not decide: {reason}", last_error=reason)
+        if name in (steps.NOTIFY_REVIEW, steps.NOTIFY_DENIED, steps.NOTIFY_FAILED):
+            # Nobody is owed a key by this email: record it and go on.
+            kind = name.removeprefix("notify-")
+            log.error("request %s: %s email not sent: %s", request.id, kind, reason)
+            return request.with_changes(now, last_error=f"{kind} email: {reason}",
+                                        steps={**request.steps, f"notified-{kind}": now})
         log.error("request %s failed: %s", request.id, reason)
-        return request.enter(State.FAILED, self.clock(), reason=reason, last_error=reason)
+        if request.state == State.FAILED:
+            return request.with_changes(now, last_error=reason)
+        return request.enter(State.FAILED, now, reason=reason, last_error=reason)
 
-    # --- what to do next ----------------------------------------------------------------------
+    def finish(self, request: KeyRequest) -> str:
+        return request.state.value
 
-    def _next_step(self, request: KeyRequest) -> Callable[[KeyRequest], KeyRequest] | None:
-        state = request.state
-        if request.settled == state:
-            return None
-        if state == State.PENDING:
-            return self._decide
-        if state == State.IN_REVIEW:
-            return self._notify_step("review", self._review_email) if not request.done("notified-review") \
-                else self._settle
-        if state == State.APPROVED:
-            return self._next_provisioning_step(request)
-        if state in (State.DENIED, State.REVOKING, State.FAILED):
-            backend = self._issued_backend(request)
-            if backend is not None:
-                return lambda r: self._revoke(r, backend)
-            if state == State.REVOKING:
-                return lambda r: r.enter(State.REVOKED, self.clock(), settled=State.REVOKED)
-            kind = "denied" if state == State.DENIED else "failed"
-            if not request.done(f"notified-{kind}"):
-                compose = self._denied_email if kind == "denied" else self._failed_email
-                return self._notify_step(kind, compose)
-            return self._settle
-        return None  # active, revoked, expired: nothing to do
+    # --- deciding -----------------------------------------------------------------------------
 
-    def _settle(self, request: KeyRequest) -> KeyRequest:
-        return request.with_changes(self.clock(), settled=request.state)
-
-    def _decide(self, request: KeyRequest) -> KeyRequest:
+    def _decide(self, request: KeyRequest, _: str) -> KeyRequest:
         decision = rules.decide(request, self.config.model(request.model), self.config.approval,
                                 self.ask_webhook)
         state = {"approve": State.APPROVED, "deny": State.DENIED, "review": State.IN_REVIEW}[decision.decision]
         now = self.clock()
         log.info("request %s: %s by %s (%s)", request.id, state, decision.decided_by, decision.reason)
         return request.enter(state, now, decision=decision.decision, reason=decision.reason,
-                           decided_by=decision.decided_by, decided_at=now)
+                             decided_by=decision.decided_by, decided_at=now)
+
+    def _settle(self, request: KeyRequest, _: str) -> KeyRequest:
+        return request.with_changes(self.clock(), settled=request.state)
+
+    def _enter_revoked(self, request: KeyRequest, _: str) -> KeyRequest:
+        return request.enter(State.REVOKED, self.clock(), settled=State.REVOKED)
+
+    def _enter_failed(self, request: KeyRequest, _: str) -> KeyRequest:
+        # Access could not be taken back: the admins are told by the failed path.
+        failures = steps.revoke_failures(request)
+        log.error("request %s: %s access could not be revoked; it is failed now", request.id, ", ".join(failures))
+        return request.enter(State.FAILED, self.clock())
+
+    def _model_gone(self, request: KeyRequest, _: str) -> KeyRequest:
+        raise PermanentError(f"model {request.model} is no longer in the catalog")
 
     # --- provisioning -------------------------------------------------------------------------
 
@@ -252,75 +225,98 @@ class Processor:
             raise PermanentError(f"backend {backend} is not configured in this deployment")
         return provisioner
 
-    def _next_provisioning_step(self, request: KeyRequest) -> Callable[[KeyRequest], KeyRequest]:
-        model = self.config.model(request.model)
-        if model is None:
-            return lambda r: self._failed(r, f"model {r.model} is no longer in the catalog")
-        for backend in model.provisioning.backends:
-            if not _prepared(request, backend):
-                return lambda r, b=backend: self._prepare(r, b)
-            if not request.done(f"{backend}-issued"):
-                return lambda r, b=backend: self._issue(r, b)
-        return self._notify_step("approved", self._approved_email, then=State.ACTIVE)
-
     def _prepare(self, request: KeyRequest, backend: str) -> KeyRequest:
         prepared = self._provisioner(backend).prepare(request, self._model(request))
         log.info("request %s: %s prepared %s", request.id, backend, dict(prepared.references))
         return request.with_changes(self.clock(), secrets={**request.secrets, **prepared.secrets},
                                     references={**request.references, **prepared.references,
-                                                f"{backend}-prepared": "true"})
+                                                steps.prepared_ref(backend): "true",
+                                                steps.reached_ref(backend): steps.REACHED_NO})
 
     def _issue(self, request: KeyRequest, backend: str) -> KeyRequest:
         provisioner = self._provisioner(backend)
-        prepared = _recorded(request, backend)
-        issued = provisioner.issue(request, self._model(request), prepared)
+        issued = provisioner.issue(request, self._model(request), _recorded(request, backend))
         log.info("request %s: %s issued %s", request.id, backend, dict(issued.references))
+        now = self.clock()
         return request.with_changes(
-            self.clock(), secrets={**request.secrets, **issued.secrets},
-            references={**request.references, **issued.references},
-            steps={**request.steps, f"{backend}-issued": self.clock()})
+            now, secrets={**request.secrets, **issued.secrets},
+            references={**request.references, **issued.references, steps.reached_ref(backend): steps.REACHED_YES},
+            steps={**request.steps, steps.issued_step(backend): now})
 
-    def _issued_backend(self, request: KeyRequest) -> str | None:
-        """A backend that may hold access for this request (prepared counts: issue may have run)."""
-        for backend in sorted({key.split("-", 1)[0] for key in request.references}):
-            if _prepared(request, backend):
-                return backend
-        return None
+    def _issue_unanswered(self, request: KeyRequest, backend: str, exc: BackendError) -> KeyRequest:
+        """An issue call failed: if it may have reached the backend, the access may exist (or
+        appear later, when the backend finishes a call we gave up on)."""
+        if not exc.reached:
+            return request
+        references = dict(request.references)
+        if references.get(steps.reached_ref(backend)) != steps.REACHED_YES:
+            references[steps.reached_ref(backend)] = steps.REACHED_MAYBE
+        if isinstance(exc, TransientError) and exc.in_flight:
+            references[steps.sent_at_ref(backend)] = self.clock().isoformat()
+        return request.with_changes(self.clock(), references=references)
 
     def _revoke(self, request: KeyRequest, backend: str) -> KeyRequest:
         self._provisioner(backend).revoke(request, _recorded(request, backend))
+        now = self.clock()
+        until = steps.in_flight_until(request, backend, self.options.lease_seconds)
+        if until is not None and until > now:
+            # A create call we gave up on may still complete after this delete: look again then.
+            log.info("request %s: %s access revoked; revoking again at %s, once no create call can "
+                     "still be in flight", request.id, backend, until.isoformat())
+            return request.with_changes(now, next_attempt_at=until)
         log.info("request %s: %s access revoked", request.id, backend)
-        own = f"{backend}-"
-        return request.with_changes(
-            self.clock(),
-            secrets={k: v for k, v in request.secrets.items() if not k.startswith(own)},
-            references={k: v for k, v in request.references.items() if not k.startswith(own)},
-            steps={k: v for k, v in request.steps.items() if not k.startswith(own)})
+        return _without(request, backend, now)
+
+    def _forget(self, request: KeyRequest, backend: str) -> KeyRequest:
+        log.info("request %s: %s was never reached; nothing to revoke", request.id, backend)
+        return _without(request, backend, self.clock())
 
     # --- notification -------------------------------------------------------------------------
 
-    def _notify_step(self, kind: str, compose: Callable[[KeyRequest], Email | None],
-                     then: State | None = None) -> Callable[[KeyRequest], KeyRequest]:
-        def step(request: KeyRequest) -> KeyRequest:
-            email = compose(request)
-            if email is not None:
-                try:
-                    self.notifier.send(email)
-                except PermanentError as exc:
-                    if kind == "approved":  # nobody got the key: take it back, tell the admins
-                        raise PermanentError(f"the approval email could not be delivered: {exc.message}") from None
-                    log.error("request %s: %s email undeliverable: %s", request.id, kind, exc.message)
-                    request = request.with_changes(self.clock(), last_error=f"{kind} email: {exc.message}")
-                    self._tell_admins_undeliverable(request, kind, exc.message)
-                else:
-                    log.info("request %s: %s email sent to %d recipient(s)", request.id, kind, len(email.to))
-            now = self.clock()
-            done = request.with_changes(now, steps={**request.steps, f"notified-{kind}": now})
-            if then is not None:
-                return done.enter(then, now, settled=then)
-            return done.with_changes(now, settled=request.state)
+    def _notify_review(self, request: KeyRequest, _: str) -> KeyRequest:
+        reviewers = self.config.notifications.reviewers
+        email = messages.review_email(request, self.config.notifications, reviewers) if reviewers else None
+        return self._notified(self._send(request, "review", email), "review", settle=True)
 
-        return step
+    def _notify_denied(self, request: KeyRequest, _: str) -> KeyRequest:
+        email = messages.denied_email(request, self.config.notifications)
+        sent = self._notified(self._send(request, "denied", email), "denied")
+        return sent if steps.revoke_failures(sent) else sent.with_changes(self.clock(), settled=State.DENIED)
+
+    def _notify_failed(self, request: KeyRequest, _: str) -> KeyRequest:
+        admins = self.config.notifications.admins
+        email = messages.failed_email(request, self.config.notifications, admins) if admins else None
+        return self._notified(self._send(request, "failed", email), "failed", settle=True)
+
+    def _notify_approved(self, request: KeyRequest, _: str) -> KeyRequest:
+        email = self._approved_email(request)
+        try:
+            self.notifier.send(email)
+        except PermanentError as exc:  # nobody got the key: take it back, tell the admins
+            raise PermanentError(f"the approval email could not be delivered: {exc.message}") from None
+        log.info("request %s: %s email sent to %d recipient(s)", request.id, "approved", len(email.to))
+        now = self.clock()
+        done = request.with_changes(now, steps={**request.steps, "notified-approved": now})
+        return done.enter(State.ACTIVE, now, settled=State.ACTIVE)
+
+    def _send(self, request: KeyRequest, kind: str, email: Email | None) -> KeyRequest:
+        """Send a notification that carries no key; a permanent refusal is recorded, and reported
+        to the admins, rather than failing the request."""
+        if email is None:
+            return request
+        try:
+            self.notifier.send(email)
+        except PermanentError as exc:
+            log.error("request %s: %s email undeliverable: %s", request.id, kind, exc.message)
+            self._tell_admins_undeliverable(request, kind, exc.message)
+            return request.with_changes(self.clock(), last_error=f"{kind} email: {exc.message}")
+        log.info("request %s: %s email sent to %d recipient(s)", request.id, kind, len(email.to))
+        return request
+
+    def _notified(self, request: KeyRequest, kind: str, settle: bool = False) -> KeyRequest:
+        now = self.clock()
+        done = request.with_changes(now, steps={**request.steps, f"notified-{kind}": now})
+        return done.with_changes(now, settled=request.state) if settle else done
 
     def _tell_admins_undeliverable(self, request: KeyRequest, kind: str, error: str) -> None:
         admins = self.config.notifications.admins
@@ -344,23 +340,8 @@ class Processor:
                                        datetime.fromisoformat(expires) if expires else None,
                                        self.config.notifications)
 
-    def _denied_email(self, request: KeyRequest) -> Email:
-        return messages.denied_email(request, self.config.notifications)
-
-    def _review_email(self, request: KeyRequest) -> Email | None:
-        reviewers = self.config.notifications.reviewers
-        return messages.review_email(request, self.config.notifications, reviewers) if reviewers else None
-
-    def _failed_email(self, request: KeyRequest) -> Email | None:
-        admins = self.config.notifications.admins
-        return messages.failed_email(request, self.config.notifications, admins) if admins else None
-
 
 _KEY_LABELS = {"litellm-api-key": "LiteLLM API key", "apim-primary-key": "APIM subscription key"}
-
-
-def _prepared(request: KeyRequest, backend: str) -> bool:
-    return request.references.get(f"{backend}-prepared") == "true"
 
 
 def _recorded(request: KeyRequest, backend: str) -> Credentials:
@@ -368,3 +349,14 @@ def _recorded(request: KeyRequest, backend: str) -> Credentials:
     return Credentials(secrets={k: v for k, v in request.secrets.items() if k.startswith(own)},
                        references={k: v for k, v in request.references.items() if k.startswith(own)})
 
+
+def _without(request: KeyRequest, backend: str, now: datetime) -> KeyRequest:
+    """The request with nothing left recorded of `backend` (its access is gone)."""
+    own = f"{backend}-"
+    return request.with_changes(
+        now, secrets={k: v for k, v in request.secrets.items() if not k.startswith(own)},
+        references={k: v for k, v in request.references.items() if not k.startswith(own)},
+        steps={k: v for k, v in request.steps.items() if not k.startswith(own)})
+
+
+__all__ = ["ALWAYS_DUE", "DUE_UNTIL_SETTLED", "Next", "Processor", "ProcessorOptions"]

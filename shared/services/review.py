@@ -1,4 +1,5 @@
-"""Use cases of reviewers and admins: list and read requests, approve, deny, revoke.
+"""Use cases of reviewers and admins: list and read requests, approve, deny, revoke, and move a
+request between the two undecided states (back to the rules, or to a human).
 
 A decision is a resourceVersion-guarded write of the new state; on a conflict (the timer or
 another reviewer wrote first) it re-reads and decides again, so approving a request that is
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from shared.domain import request_steps
 from shared.domain.request import KeyRequest, State, is_request_id, utcnow
 from shared.services.ports import Conflict, NotFound, RequestStore
 
@@ -17,9 +19,16 @@ log = logging.getLogger("shared.audit")
 
 DECIDABLE = frozenset({State.PENDING, State.IN_REVIEW})
 REVOCABLE = frozenset({State.APPROVED, State.ACTIVE})
+# set_pending hands a request waiting for a human back to the rules (say, after an approval
+# webhook that was down sent it to review); set_review holds a pending one for a human.
 _TARGET = {"approve": (State.APPROVED, DECIDABLE), "deny": (State.DENIED, DECIDABLE),
-           "revoke": (State.REVOKING, REVOCABLE)}
-PAST = {"approve": "approved", "deny": "denied", "revoke": "revoked"}
+           "revoke": (State.REVOKING, REVOCABLE),
+           "set_pending": (State.PENDING, frozenset({State.IN_REVIEW})),
+           "set_review": (State.IN_REVIEW, frozenset({State.PENDING}))}
+PAST = {"approve": "approved", "deny": "denied", "revoke": "revoked", "set_pending": "returned to pending",
+        "set_review": "sent to review"}
+# The `decision` each action records (revoke keeps the one that granted access; pending has none).
+_DECISION = {"approve": "approve", "deny": "deny", "set_pending": None, "set_review": "review"}
 
 
 class AlreadyDecided(Exception):
@@ -38,7 +47,7 @@ def get(store: RequestStore, request_id: str) -> KeyRequest:
 
 
 def act(store: RequestStore, request_id: str, action: str, who: str, reason: str | None) -> KeyRequest:
-    """Approve, deny or revoke, recording who, when and why."""
+    """Approve, deny, revoke, set_pending or set_review, recording who, when and why."""
     target, allowed = _TARGET[action]
     for _ in range(5):
         request = get(store, request_id)
@@ -46,10 +55,14 @@ def act(store: RequestStore, request_id: str, action: str, who: str, reason: str
             raise AlreadyDecided(request, action)
         now = utcnow()
         # The lease goes too: a processor working on the old state fails its next guarded write.
-        changes = {"reason": reason or f"{PAST[action]} by {who}", "decided_by": who, "decided_at": now,
-                   "last_error": None, "lease_holder": None, "lease_until": None}
-        if action != "revoke":
-            changes["decision"] = action
+        # Whatever it was issuing may still reach the backend; cleanup must look for it.
+        changes: dict[str, object] = {"reason": reason or f"{PAST[action]} by {who}", "decided_by": who,
+                                      "decided_at": now, "last_error": None, "lease_holder": None,
+                                      "lease_until": None}
+        if action in _DECISION:
+            changes["decision"] = _DECISION[action]
+        if request.lease_holder is not None and request.lease_until is not None:
+            changes["references"] = request_steps.with_in_flight(request, max(request.lease_until, now))
         try:
             updated = store.update(request.enter(target, now, **changes))
         except Conflict:

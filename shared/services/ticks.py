@@ -7,8 +7,9 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -49,7 +50,7 @@ def run_tick(items: Iterable[Item], work: Callable[[Item], str | None], *, descr
             return
         try:
             outcome = work(item)
-        except Exception:  # noqa: BLE001 - one item's bug must not stop the others
+        except Exception:  # one item's bug must not stop the others
             log.exception("%s: unexpected error; it stays as it is for the next tick", describe(item))
             outcome = None
         if outcome is None:

@@ -12,6 +12,7 @@ Contract (compatible with the earlier service's runbook):
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime
 from typing import Any
@@ -71,6 +72,8 @@ def annotations_of(request: KeyRequest) -> dict[str, str | None]:
         out[PREFIX + key] = value.isoformat() if value else None
     for field, key in _INTS.items():
         out[PREFIX + key] = str(getattr(request, field))
+    # A digest of the reason this app wrote, so one written by hand (kubectl annotate) is told apart.
+    out[PREFIX + "reason-digest"] = _digest(request.reason) if request.reason else None
     out[PREFIX + "lease-holder"] = request.lease_holder
     out[PREFIX + "lease-until"] = request.lease_until.isoformat() if request.lease_until else None
     steps = {name: when.isoformat() for name, when in sorted(request.steps.items())}
@@ -129,6 +132,8 @@ def from_secret(secret: dict[str, Any]) -> KeyRequest:
         values["secrets"] = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         for field, key in _TEXT.items():
             values[field] = notes.get(PREFIX + key)
+        digest = notes.get(PREFIX + "reason-digest")
+        values["reason_edited"] = bool(values["reason"] and digest and digest != _digest(values["reason"]))
         for field, key in _TIMES.items():
             text = notes.get(PREFIX + key)
             values[field] = datetime.fromisoformat(text) if text else None
@@ -151,6 +156,10 @@ def from_secret(secret: dict[str, Any]) -> KeyRequest:
 
 
 _STATE_VALUES = {s.value for s in State}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _parse_k8s_time(text: str | None) -> datetime:

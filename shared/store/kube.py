@@ -1,10 +1,12 @@
 """Builds the Kubernetes API client: in-cluster service account, a kubeconfig file, or an Entra ID
 token from the app's managed identity (AKS with Entra ID, no stored credentials).
 
-Which one, from the app settings (read from the environment unless passed in):
+Which one, from the app settings; `api_client` reads none of them itself: the composition root
+(shared/context.py) passes each value from `Settings`, so one validated object decides.
 
 - `KUBERNETES_AUTH=kubeconfig` (the default): the in-cluster service account when running in a pod
-  and no kubeconfig is given, else the kubeconfig file (`KUBECONFIG`, else `~/.kube/config`).
+  (`in_cluster`, from KUBERNETES_SERVICE_HOST) and no kubeconfig is given, else the kubeconfig file
+  (`KUBECONFIG`, else `~/.kube/config`).
 - `KUBERNETES_AUTH=entra`: `KUBERNETES_SERVER` (the AKS API server, https) and
   `KUBERNETES_CA_DATA` (its CA, base64 PEM as in a kubeconfig's `certificate-authority-data`);
   the bearer token is an Entra ID access token for the AKS server application, got with
@@ -26,8 +28,9 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -83,7 +86,7 @@ class EntraTokenProvider:
                 return current[0]
             try:
                 fresh = self._credential.get_token(self._scope)
-            except Exception as exc:  # azure.core ClientAuthenticationError and friends
+            except Exception as exc:  # noqa: BLE001 - azure.core ClientAuthenticationError and friends
                 if current is not None and current[1] > now:
                     log.warning("could not renew the Entra ID token for the Kubernetes API (%s: %s); "
                                 "using the current one for %.0f more seconds", type(exc).__name__, exc,
@@ -102,45 +105,54 @@ class EntraTokenProvider:
         configuration.api_key["authorization"] = "Bearer " + self.token()
 
 
-def api_client(kubeconfig: str | None = None, *, auth: str | None = None, server: str | None = None,
-               ca_data: str | None = None, client_id: str | None = None, credential: Any = None,
-               environ: Mapping[str, str] | None = None) -> Any:
-    """A `kubernetes.client.ApiClient` for the configured authentication.
+def auth_mode(value: str | None) -> str:
+    """KUBERNETES_AUTH in any case and spacing (`Entra`, ` ENTRA `) -> `kubeconfig` or `entra`;
+    blank means the default, `kubeconfig`. The one rule, shared by Settings and `api_client`."""
+    mode = (value or "").strip().lower() or "kubeconfig"
+    if mode not in AUTH_MODES:
+        raise KubernetesAuthError(f"KUBERNETES_AUTH: must be one of {', '.join(AUTH_MODES)} (any case), "
+                                  f"not {value!r}")
+    return mode
 
-    Keyword arguments left out are read from the environment: `auth` from KUBERNETES_AUTH,
-    `server` from KUBERNETES_SERVER, `ca_data` from KUBERNETES_CA_DATA, `client_id` from
-    AZURE_CLIENT_ID. `credential` (an azure.core TokenCredential) replaces DefaultAzureCredential,
-    e.g. in tests.
+
+def api_client(kubeconfig: str | None = None, *, auth: str = "kubeconfig", server: str | None = None,
+               ca_data: str | None = None, client_id: str | None = None, in_cluster: bool = False,
+               credential: Any = None) -> Any:
+    """A `kubernetes.client.ApiClient` for the given authentication. Reads no setting itself.
+
+    `auth`: `kubeconfig` or `entra` (KUBERNETES_AUTH). With `kubeconfig`, `in_cluster` (the
+    process runs in a pod) and no `kubeconfig` path means the pod's service account; else the
+    kubeconfig file (None: `~/.kube/config`). With `entra`: `server` (KUBERNETES_SERVER),
+    `ca_data` (KUBERNETES_CA_DATA) and `client_id` (AZURE_CLIENT_ID, a user-assigned identity).
+    `credential` (an azure.core TokenCredential) replaces DefaultAzureCredential, e.g. in tests.
     """
     from kubernetes import client, config
 
-    env = os.environ if environ is None else environ
-    mode = _setting(auth, env, "KUBERNETES_AUTH") or "kubeconfig"
-    mode = mode.lower()
-    if mode not in AUTH_MODES:
-        raise KubernetesAuthError(f"KUBERNETES_AUTH: must be one of {', '.join(AUTH_MODES)}, not {mode!r}")
-
+    mode = auth_mode(auth)
     configuration = client.Configuration()
     if mode == "entra":
-        source = _configure_entra(configuration, _setting(server, env, "KUBERNETES_SERVER"),
-                                  _setting(ca_data, env, "KUBERNETES_CA_DATA"),
-                                  _setting(client_id, env, "AZURE_CLIENT_ID"), credential)
+        source = _configure_entra(configuration, _blank_to_none(server), _blank_to_none(ca_data),
+                                  _blank_to_none(client_id), credential)
         if kubeconfig:
             log.info("KUBERNETES_AUTH=entra: KUBECONFIG %s is not used", kubeconfig)
-    elif kubeconfig is None and env.get("KUBERNETES_SERVICE_HOST"):
+    elif kubeconfig is None and in_cluster:
         config.load_incluster_config(client_configuration=configuration)
         source = "in-cluster service account"
     else:
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         source = f"kubeconfig {kubeconfig or '~/.kube/config'}"
     configuration.connection_pool_maxsize = POOL_SIZE
+    # urllib3's default retries resend a timed-out PUT up to three times, so one write could take
+    # 4 x the timeout. Retry only what was never sent (a refused or failed connect); every other
+    # failure goes back to the caller, whose timeout is then the whole cost of the call.
+    from urllib3.util.retry import Retry
+
+    configuration.retries = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0)
     log.info("Kubernetes API %s via %s", configuration.host, source)
     return client.ApiClient(configuration)
 
 
-def _setting(value: str | None, env: Mapping[str, str], name: str) -> str | None:
-    if value is None:
-        value = env.get(name)
+def _blank_to_none(value: str | None) -> str | None:
     value = value.strip() if isinstance(value, str) else value
     return value or None
 

@@ -12,18 +12,20 @@ a resourceVersion-guarded patch, so again exactly one caller wins.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from shared.domain.request import KeyRequest, State
-from shared.services.ports import Conflict, InvalidArgument, NotFound, StoreError, StoreUnavailable
+from shared.services.ports import Conflict, NotFound, StoreError, StoreUnavailable
 from shared.store import codec
+from shared.store.secrets import SecretsGateway
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,8 @@ class InvalidRecordError(StoreError):
 
 class KubernetesRequestStore:
     def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0) -> None:
-        from kubernetes.client import CoreV1Api
-
-        self._api = CoreV1Api(api_client)
+        self._secrets = SecretsGateway(api_client, namespace, timeout_seconds)
         self.namespace = namespace
-        self._timeout = timeout_seconds
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._recent_lock = threading.Lock()
 
@@ -55,11 +54,11 @@ class KubernetesRequestStore:
 
     def ping(self) -> None:
         """A GET by name of a Secret that never exists: 404 proves the apiserver and our RBAC."""
-        if self._read(HEALTH_PROBE_NAME) is not None:
+        if self._secrets.read(HEALTH_PROBE_NAME) is not None:
             log.warning("unexpected Secret %s exists; health probe ignores it", HEALTH_PROBE_NAME)
 
     def get(self, request_id: str) -> KeyRequest | None:
-        secret = self._read(codec.request_name(request_id))
+        secret = self._secrets.read(codec.request_name(request_id))
         return None if secret is None else self._decode(secret)
 
     def submit(self, request: KeyRequest) -> tuple[KeyRequest, bool]:
@@ -68,12 +67,12 @@ class KubernetesRequestStore:
         wait = 0.01
         while time.monotonic() < deadline:
             try:  # the common case, a first request for the pair: one create settles it
-                self._create(_claim_body(claim_name, request))
+                self._secrets.create(_claim_body(claim_name, request))
             except Conflict:
                 pass
             else:
                 return self._create_request(request, claim_name), True
-            claim = self._read(claim_name)
+            claim = self._secrets.read(claim_name)
             if claim is None:
                 continue  # deleted since our create failed: try again
 
@@ -87,7 +86,7 @@ class KubernetesRequestStore:
                 wait = min(wait * 2, 0.2)
                 continue
             try:  # finished or abandoned: take the claim over, guarded by its resourceVersion
-                self._patch(claim_name, _claim_patch(meta["resourceVersion"], request))
+                self._secrets.patch_merge(claim_name, _claim_patch(meta["resourceVersion"], request))
             except (Conflict, NotFound):
                 continue
             log.info("request %s replaces %s for the same email and model (%s)", request.id,
@@ -105,42 +104,32 @@ class KubernetesRequestStore:
         if request.resource_version is None:
             raise ValueError("update needs a request read from the store")
         name = codec.request_name(request.id)
-        current = self._recalled(name, request.resource_version) or self._read(name)
-        if current is None:
-            raise NotFound(f"request {request.id} no longer exists")
-        if current["metadata"].get("resourceVersion") != request.resource_version:
-            raise Conflict(f"request {request.id} was changed since it was read")
-        secret = self._call("replace", self._api.replace_namespaced_secret, name, self.namespace,
-                            codec.to_secret(request, base=current))
+        secret = self._secrets.replace_guarded(
+            name, lambda current: codec.to_secret(request, base=current), request.resource_version,
+            current=self._recalled(name, request.resource_version), what=f"request {request.id}")
         return self._decode(secret)
 
     def list(self, states: Iterable[State] = (), limit: int | None = None,
              continue_token: str | None = None, unsettled_only: bool = False) -> tuple[list[KeyRequest], str | None]:
-        kwargs: dict[str, Any] = {"label_selector": codec.request_selector(tuple(states), unsettled_only)}
-        if limit:
-            kwargs["limit"] = limit
-        if continue_token:
-            kwargs["_continue"] = continue_token
-        body = self._call("list", self._api.list_namespaced_secret, self.namespace, **kwargs)
+        secrets, token = self._secrets.list(codec.request_selector(tuple(states), unsettled_only),
+                                            limit, continue_token)
         items = []
-        for secret in body.get("items") or []:
+        for secret in secrets:
             try:
                 items.append(self._decode(secret))
             except InvalidRecordError as exc:
                 log.warning("skipping unreadable request Secret: %s", exc)
-        return items, (body.get("metadata") or {}).get("continue") or None
+        return items, token
 
     # --- helpers ----------------------------------------------------------------------------
 
     def _create_request(self, request: KeyRequest, claim_name: str) -> KeyRequest:
         try:
-            secret = self._create(codec.to_secret(request))
+            secret = self._secrets.create(codec.to_secret(request))
         except StoreError:
             # Leave no claim pointing at nothing; if this fails too, the claim expires by itself.
-            try:
-                self._call("delete", self._api.delete_namespaced_secret, claim_name, self.namespace)
-            except StoreError:
-                pass
+            with contextlib.suppress(StoreError):
+                self._secrets.delete(claim_name)
             raise
         log.debug("request %s stored for model %s", request.id, request.model)
         return self._decode(secret)
@@ -164,47 +153,6 @@ class KubernetesRequestStore:
             return secret
         return None
 
-    def _read(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self._call("read", self._api.read_namespaced_secret, name, self.namespace)
-        except NotFound:
-            return None
-
-    def _create(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("create", self._api.create_namespaced_secret, self.namespace, body)
-
-    def _patch(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("patch", self._api.patch_namespaced_secret, name, self.namespace, body,
-                          _content_type="application/merge-patch+json")
-
-    def _call(self, verb: str, method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """One apiserver call, raw JSON in and out, errors mapped to the port's exceptions."""
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            response = method(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
-            return json.loads(response.data)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise NotFound(f"{verb}: not found") from None
-            if exc.status == 409:
-                raise Conflict(f"{verb}: {_reason(exc)}") from None
-            if exc.status in (400, 410, 422):
-                raise InvalidArgument(f"Kubernetes API {verb} answered {exc.status}: {_reason(exc)}") from None
-            if exc.status in (429,) or exc.status >= 500:
-                raise StoreUnavailable(f"Kubernetes API {verb} answered {exc.status}: {_reason(exc)}") from None
-            raise StoreError(f"Kubernetes API {verb} answered {exc.status}: {_reason(exc)}") from None
-        except (HTTPError, OSError) as exc:
-            raise StoreUnavailable(f"Kubernetes API {verb} failed: {type(exc).__name__}") from None
-
-
-def _reason(exc: Any) -> str:
-    try:
-        return json.loads(exc.body).get("message") or exc.reason
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)
-
 
 def _claim_name(email: str, model: str) -> str:
     digest = hashlib.sha256(f"{email}\n{model}".encode()).hexdigest()[:40]
@@ -218,7 +166,7 @@ def _claim_body(name: str, request: KeyRequest) -> dict[str, Any]:
             "name": name,
             "labels": {codec.APP_LABEL: codec.APP_NAME, codec.COMPONENT_LABEL: codec.CLAIM_COMPONENT},
             "annotations": {CLAIM_REQUEST_ANNOTATION: request.id,
-                            CLAIM_TIME_ANNOTATION: datetime.now(timezone.utc).isoformat()},
+                            CLAIM_TIME_ANNOTATION: datetime.now(UTC).isoformat()},
         },
     }
 
@@ -226,7 +174,7 @@ def _claim_body(name: str, request: KeyRequest) -> dict[str, Any]:
 def _claim_patch(resource_version: str, request: KeyRequest) -> dict[str, Any]:
     return {"metadata": {"resourceVersion": resource_version,
                          "annotations": {CLAIM_REQUEST_ANNOTATION: request.id,
-                                         CLAIM_TIME_ANNOTATION: datetime.now(timezone.utc).isoformat()}}}
+                                         CLAIM_TIME_ANNOTATION: datetime.now(UTC).isoformat()}}}
 
 
 def _claim_abandoned(meta: dict[str, Any]) -> bool:
@@ -235,4 +183,4 @@ def _claim_abandoned(meta: dict[str, Any]) -> bool:
         claimed = datetime.fromisoformat(stamp) if stamp else None
     except ValueError:
         claimed = None
-    return claimed is None or datetime.now(timezone.utc) - claimed > CLAIM_GRACE
+    return claimed is None or datetime.now(UTC) - claimed > CLAIM_GRACE

@@ -23,12 +23,13 @@ import base64
 import json
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from shared.domain.request import utcnow
-from shared.domain.team import TeamRecord, TeamSpec, keys_secret_name, record_name
-from shared.services.ports import Conflict, InvalidArgument, NotFound, StoreError, StoreUnavailable
+from shared.domain.team import Phase, TeamRecord, TeamSpec, keys_secret_name, record_name
+from shared.services.ports import Conflict, StoreError, StoreUnavailable
 from shared.store import codec
+from shared.store.secrets import SecretsGateway
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def from_secret(secret: dict[str, Any]) -> TeamRecord:
             spec=spec,
             generation=int(notes.get(PREFIX + "generation") or 1),
             observed_generation=int(notes.get(PREFIX + "observed-generation") or 0),
-            phase=phase,
+            phase=cast(Phase, phase),  # checked above: one of the five
             created_at=created,
             updated_at=values.pop("updated_at") or created,
             deleting=notes.get(PREFIX + "deleting") == "true",
@@ -134,62 +135,45 @@ def from_secret(secret: dict[str, Any]) -> TeamRecord:
 
 class KubernetesTeamStore:
     def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0) -> None:
-        from kubernetes.client import CoreV1Api
-
-        self._api = CoreV1Api(api_client)
+        self._secrets = SecretsGateway(api_client, namespace, timeout_seconds)
         self.namespace = namespace
-        self._timeout = timeout_seconds
 
     # --- records ---------------------------------------------------------------------------------
 
     def get(self, team: str) -> TeamRecord | None:
-        secret = self._read(record_name(team))
+        secret = self._secrets.read(record_name(team))
         return None if secret is None else from_secret(secret)
 
     def create(self, record: TeamRecord) -> TeamRecord:
         """Conflict if the team is already stored (two writers: one wins)."""
         body = to_secret(record)
         body["metadata"].pop("resourceVersion", None)
-        return from_secret(self._call("create", self._api.create_namespaced_secret, self.namespace, body))
+        return from_secret(self._secrets.create(body))
 
     def update(self, record: TeamRecord) -> TeamRecord:
         """Replace the record, keeping labels and annotations that are not ours; guarded by its
         resourceVersion (Conflict if someone wrote since it was read)."""
         if record.resource_version is None:
             raise ValueError("update needs a record read from the store")
-        name = record_name(record.name)
-        current = self._read(name)
-        if current is None:
-            raise NotFound(f"team {record.name} no longer exists")
-        if current["metadata"].get("resourceVersion") != record.resource_version:
-            raise Conflict(f"team {record.name} was changed since it was read")
-        return from_secret(self._call("replace", self._api.replace_namespaced_secret, name, self.namespace,
-                                      to_secret(record, base=current)))
+        return from_secret(self._secrets.replace_guarded(
+            record_name(record.name), lambda current: to_secret(record, base=current), record.resource_version,
+            what=f"team {record.name}"))
 
     def delete(self, record: TeamRecord) -> None:
         """Remove the record, only if it is still the version read."""
-        body = {"preconditions": {"resourceVersion": record.resource_version}} if record.resource_version else {}
-        try:
-            self._call("delete", self._api.delete_namespaced_secret, record_name(record.name), self.namespace,
-                       body=body)
-        except NotFound:
-            pass
+        self._secrets.delete(record_name(record.name), record.resource_version)
 
     def list_due(self) -> list[TeamRecord]:
         """Records whose current generation is not settled yet (the timer's sweep)."""
         records: list[TeamRecord] = []
         token = None
         while True:
-            kwargs: dict[str, Any] = {"label_selector": team_selector(unsettled_only=True), "limit": 500}
-            if token:
-                kwargs["_continue"] = token
-            body = self._call("list", self._api.list_namespaced_secret, self.namespace, **kwargs)
-            for secret in body.get("items") or []:
+            secrets, token = self._secrets.list(team_selector(unsettled_only=True), 500, token)
+            for secret in secrets:
                 try:
                     records.append(from_secret(secret))
                 except InvalidTeamRecord as exc:
                     log.warning("skipping unreadable team record: %s", exc)
-            token = (body.get("metadata") or {}).get("continue")
             if not token:
                 return records
 
@@ -201,17 +185,17 @@ class KubernetesTeamStore:
         name = keys_secret_name(team)
         data = {PRIMARY_KEY: _b64(primary), SECONDARY_KEY: _b64(secondary)}
         labels = {codec.APP_LABEL: codec.APP_NAME, codec.COMPONENT_LABEL: KEYS_COMPONENT, TEAM_LABEL: team}
-        current = self._read(name)
+        current = self._secrets.read(name)
         if current is None:
             body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": name, "labels": labels,
                                  "annotations": {PREFIX + "team": team, PREFIX + "updated-at": utcnow().isoformat()}},
                     "data": data}
             try:
-                self._call("create", self._api.create_namespaced_secret, self.namespace, body)
+                self._secrets.create(body)
                 return
             except Conflict:
-                current = self._read(name)
+                current = self._secrets.read(name)
                 if current is None:
                     raise StoreUnavailable(f"Secret {name} appeared and vanished; try again") from None
         meta = current["metadata"]
@@ -224,59 +208,24 @@ class KubernetesTeamStore:
                                PREFIX + "updated-at": utcnow().isoformat()}
         current["data"] = data
         current["type"] = current.get("type") or "Opaque"
-        self._call("replace", self._api.replace_namespaced_secret, name, self.namespace, current)
+        self._secrets.replace(name, current)  # guarded by the resourceVersion it was read with
 
     def delete_keys(self, team: str) -> bool:
         """Delete `{team}-api-key` if this app owns it; True if it was there."""
         name = keys_secret_name(team)
-        current = self._read(name)
+        current = self._secrets.read(name)
         if current is None:
             return False
         if not _ours(current["metadata"], KEYS_COMPONENT):
             log.warning("Secret %s is not labelled as this app's; left in place", name)
             return False
-        try:
-            self._call("delete", self._api.delete_namespaced_secret, name, self.namespace,
-                       body={"preconditions": {"resourceVersion": current["metadata"]["resourceVersion"]}})
-        except NotFound:
-            return False
-        return True
+        return self._secrets.delete(name, current["metadata"]["resourceVersion"])
 
     def keys_present(self, team: str) -> bool:
         """Whether `{team}-api-key` holds both keys (their values are never returned)."""
-        current = self._read(keys_secret_name(team))
+        current = self._secrets.read(keys_secret_name(team))
         data = (current or {}).get("data") or {}
         return bool(data.get(PRIMARY_KEY) and data.get(SECONDARY_KEY))
-
-    # --- helpers -------------------------------------------------------------------------------------
-
-    def _read(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self._call("read", self._api.read_namespaced_secret, name, self.namespace)
-        except NotFound:
-            return None
-
-    def _call(self, verb: str, method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """One apiserver call, raw JSON in and out, errors mapped to the port's exceptions."""
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            response = method(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
-            return json.loads(response.data or b"{}")
-        except ApiException as exc:
-            reason = _reason(exc)
-            if exc.status == 404:
-                raise NotFound(f"{verb}: not found") from None
-            if exc.status == 409:
-                raise Conflict(f"{verb}: {reason}") from None
-            if exc.status in (400, 410, 422):
-                raise InvalidArgument(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
-            if exc.status == 429 or exc.status >= 500:
-                raise StoreUnavailable(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
-            raise StoreError(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
-        except (HTTPError, OSError) as exc:
-            raise StoreUnavailable(f"Kubernetes API {verb} failed: {type(exc).__name__}") from None
 
 
 def _ours(meta: dict[str, Any], component: str) -> bool:
@@ -287,9 +236,3 @@ def _ours(meta: dict[str, Any], component: str) -> bool:
 def _b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
-
-def _reason(exc: Any) -> str:
-    try:
-        return json.loads(exc.body).get("message") or exc.reason
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)

@@ -90,6 +90,14 @@ class StandinServer:
             self.calls.clear()
         self.faults.clear()
 
+    def wait_for(self, condition: Any, timeout: float) -> None:
+        """Until `condition()` holds (e.g. a call served late has landed); AssertionError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{type(self).__name__}: condition not met within {timeout:g} s")
+            threading.Event().wait(0.05)
+
     def calls_to(self, method: str, path_prefix: str = "") -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.method == method and c.path.startswith(path_prefix)]

@@ -146,7 +146,7 @@ def _entry_name(entry: Any) -> str:
     return str(entry.get("name", "?")) if isinstance(entry, dict) else str(entry)
 
 
-def _read_entries(raw: list, path: str, kind: Kind, schema: type[_LimitsIn], issues: _Collector,
+def _read_entries(raw: list, path: str, kind: Kind, schema: type[_ModelIn] | type[_WorkspaceIn], issues: _Collector,
                   entries: list[Entry], shapes: set[str]) -> None:
     if len(raw) > MAX_MODELS:
         issues.add(path, f"lists {len(raw)} models; at most {MAX_MODELS}")

@@ -1,0 +1,131 @@
+"""The Secrets of one namespace, as raw JSON, with the apiserver's errors mapped to the store port's.
+
+The request store and the team store both go through this gateway, so there is one place that
+knows how a Kubernetes answer becomes NotFound, Conflict, InvalidArgument, StoreUnavailable or
+StoreError, and one resourceVersion-guarded replace.
+
+Error mapping (every method):
+
+- 404 -> NotFound (except `read`, which answers None, and `delete`, which answers False);
+- 409 -> Conflict (a create of an existing name, or a write of an outdated resourceVersion);
+- 400, 410, 422 -> InvalidArgument (the apiserver refused the body or the continue token);
+- 429 and 5xx, a timeout, a refused or dropped connection, no token -> StoreUnavailable (retried);
+- anything else (401, 403, ...) -> StoreError: a configuration problem, not an outage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from shared.services.ports import Conflict, InvalidArgument, NotFound, StoreError, StoreUnavailable
+
+# A replace body, or a function of the object it replaces that returns one (to keep what is not ours).
+BodyOrBuilder = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class SecretsGateway:
+    def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0) -> None:
+        from kubernetes.client import CoreV1Api
+
+        self._api = CoreV1Api(api_client)
+        self.namespace = namespace
+        self.timeout_seconds = timeout_seconds
+
+    @property
+    def api_client(self) -> Any:
+        """The `kubernetes.client.ApiClient` every call goes through."""
+        return self._api.api_client
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        """The Secret, or None when it does not exist."""
+        try:
+            return self._call("read", self._api.read_namespaced_secret, name, self.namespace)
+        except NotFound:
+            return None
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create the Secret; Conflict when the name is taken (of concurrent creators, one wins)."""
+        return self._call("create", self._api.create_namespaced_secret, self.namespace, body)
+
+    def replace(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A plain replace; the apiserver guards it by `body`'s resourceVersion, if it has one."""
+        return self._call("replace", self._api.replace_namespaced_secret, name, self.namespace, body)
+
+    def replace_guarded(self, name: str, body: BodyOrBuilder, resource_version: str, *,
+                        current: dict[str, Any] | None = None, what: str | None = None) -> dict[str, Any]:
+        """Replace the Secret only if it is still at `resource_version`.
+
+        The object it replaces is `current` when that is given and at `resource_version` (the
+        caller just read or wrote that very version: no second read), else it is read now.
+        NotFound if it is gone, Conflict if it changed. `body` may be a function of that object,
+        to keep labels and annotations that are not the caller's (an operator's note). The
+        replace itself carries `resource_version`, so a write between the read and the replace
+        is a Conflict too. `what` names the object in the error messages ("request abc").
+        """
+        what = what or f"Secret {name}"
+        if current is None or (current.get("metadata") or {}).get("resourceVersion") != resource_version:
+            current = self.read(name)
+        if current is None:
+            raise NotFound(f"{what} no longer exists")
+        if current["metadata"].get("resourceVersion") != resource_version:
+            raise Conflict(f"{what} was changed since it was read")
+        new = body(current) if callable(body) else body
+        new.setdefault("metadata", {})["resourceVersion"] = resource_version
+        return self.replace(name, new)
+
+    def patch_merge(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch; guarded when `body` carries metadata.resourceVersion."""
+        return self._call("patch", self._api.patch_namespaced_secret, name, self.namespace, body,
+                          _content_type="application/merge-patch+json")
+
+    def delete(self, name: str, resource_version: str | None = None) -> bool:
+        """Delete the Secret (only if still at `resource_version`, when given: else Conflict).
+        True if it was deleted, False if it was not there."""
+        body = {"preconditions": {"resourceVersion": resource_version}} if resource_version else {}
+        try:
+            self._call("delete", self._api.delete_namespaced_secret, name, self.namespace, body=body)
+        except NotFound:
+            return False
+        return True
+
+    def list(self, label_selector: str, limit: int | None = None,
+             continue_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the Secrets matching `label_selector`, and the token of the next (None: last)."""
+        kwargs: dict[str, Any] = {"label_selector": label_selector}
+        if limit:
+            kwargs["limit"] = limit
+        if continue_token:
+            kwargs["_continue"] = continue_token
+        body = self._call("list", self._api.list_namespaced_secret, self.namespace, **kwargs)
+        return list(body.get("items") or []), (body.get("metadata") or {}).get("continue") or None
+
+    def _call(self, verb: str, method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """One apiserver call, raw JSON in and out, errors mapped to the port's exceptions."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            response = method(*args, _preload_content=False, _request_timeout=self.timeout_seconds, **kwargs)
+            return json.loads(response.data or b"{}")
+        except ApiException as exc:
+            reason = _reason(exc)
+            if exc.status == 404:
+                raise NotFound(f"{verb}: not found") from None
+            if exc.status == 409:
+                raise Conflict(f"{verb}: {reason}") from None
+            if exc.status in (400, 410, 422):
+                raise InvalidArgument(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
+            if exc.status == 429 or exc.status >= 500:
+                raise StoreUnavailable(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
+            raise StoreError(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
+        except (HTTPError, OSError) as exc:  # TokenUnavailable is a ConnectionError, so an OSError
+            raise StoreUnavailable(f"Kubernetes API {verb} failed: {type(exc).__name__}") from None
+
+
+def _reason(exc: Any) -> str:
+    try:
+        return json.loads(exc.body).get("message") or exc.reason
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
