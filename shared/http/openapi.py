@@ -44,7 +44,10 @@ _TEAM = [{"name": "name", "in": "path", "required": True, "schema": {"type": "st
 _ACCESS_YAML = {"required": True, "content": {
     "application/yaml": {"schema": {"type": "string", "description": "the access.yaml text"}},
     "application/json": {"schema": {"type": "object", "properties": {
-        "path": {"type": "string"}, "content": {"type": "string"}}, "required": ["content"]}}}}
+        "path": {"type": "string"}, "content": {"type": "string"},
+        "commit": {"type": "string", "pattern": "^[0-9a-fA-F]{7,64}$",
+                   "description": "the git commit the file was sent from (PUT records it)"}},
+        "required": ["content"]}}}}
 
 
 def _op(summary: str, responses: dict[str, str], *, security: bool = True, **extra: Any) -> dict[str, Any]:
@@ -88,6 +91,15 @@ def _admin_paths() -> dict[str, Any]:
 
 def _team_paths() -> dict[str, Any]:
     return {
+        "/api/teams": {"get": _op(
+            "List every team (paged): content hash of its stored file, state, last sync, source and commit",
+            {"200": "{teams: [{team, content_sha256, phase, in_sync, last_sync_at, source, commit, ...}], "
+                    "unreadable, continue, count}",
+             "401": "not authenticated", "422": "bad limit or continue token"},
+            operationId="listTeams", parameters=[
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                {"name": "continue", "in": "query", "schema": {"type": "string"},
+                 "description": "the previous page's `continue`"}])},
         "/api/teams/validate": {"post": _op(
             "Validate an access.yaml and show the plan (what would be created, changed, deleted)",
             {"200": "the plan", "413": "over 64 KiB", "415": "not YAML or JSON", "422": "the file's errors"},
@@ -98,9 +110,12 @@ def _team_paths() -> dict[str, Any]:
                                                             "202": "updated; the timer reconciles it",
                                                             "401": "not authenticated", "422": "the file's errors"},
                        operationId="putTeam", parameters=_TEAM, requestBody=_ACCESS_YAML),
-            "delete": _op("Remove a team's access", {"202": "accepted; the timer removes it",
+            "delete": _op("Remove a team's access", {"202": "accepted; the timer removes what `plan` lists",
+                                                     "200": "with dryRun: the plan of the deletion, nothing changed",
                                                      "401": "not authenticated", "404": "no such team"},
-                          operationId="deleteTeam", parameters=_TEAM),
+                          operationId="deleteTeam", parameters=[*_TEAM, {
+                              "name": "dryRun", "in": "query", "schema": {"type": "boolean"},
+                              "description": "only answer what the deletion would remove"}]),
             "get": _op("A team's status (never its keys)", {"200": "the status", "401": "not authenticated",
                                                             "404": "no such team"},
                        operationId="getTeam", parameters=_TEAM),

@@ -9,9 +9,14 @@ read its status. One Functions function per endpoint.
   the CI job that merges teams' files sends ADMIN_API_KEY; Basic and Entra ID work too.
 - `GET /api/teams/{name}`: admin authentication as well: the status holds operational detail
   (the last APIM error, what is provisioned), though never a key.
+- `GET /api/teams`: admin; every stored team, paged, with the content hash of its stored file,
+  its state, its last sync and the source path and commit it came from: what
+  `python -m shared.teams sync` compares a folder with. `DELETE ...?dryRun=true` answers the
+  plan of a deletion and changes nothing.
 
 The body is the access.yaml text (`Content-Type: application/yaml` or `text/yaml`, the file's
-path optionally in `?path=`), or JSON `{"path": ..., "content": ...}`. At most 64 KiB of file (413).
+path optionally in `?path=` and its git commit in `?commit=`), or JSON `{"path": ..., "content":
+..., "commit": ...}`. At most 64 KiB of file (413).
 The path lets the folder rule apply: `developer-requests/{team}/access.yaml` must name team {team}.
 """
 
@@ -19,7 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import azure.functions as func
 
@@ -41,6 +47,8 @@ YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 MAX_FILE_BYTES = 64 * 1024
 # JSON carries the file escaped (quotes, newlines), so its frame may be larger than the file.
 MAX_JSON_BYTES = 2 * MAX_FILE_BYTES + 4096
+COMMIT = re.compile(r"^[0-9a-fA-F]{7,64}$")  # SHA-1 or SHA-256, full or abbreviated
+DEFAULT_LIMIT, MAX_LIMIT = 100, 500
 
 
 def _teams():
@@ -54,8 +62,23 @@ def _too_large(limit: int) -> HttpError:
                      {"limit_bytes": limit})
 
 
-def _file_of(req: func.HttpRequest) -> tuple[str, str]:
-    """(source path, text) from a YAML or JSON body; sizes checked before anything is parsed."""
+class Upload(NamedTuple):
+    source: str  # the file's path in the repository, or "(body)"
+    text: str
+    commit: str | None  # the git commit it was sent from, when the caller says
+
+
+def _commit(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not COMMIT.match(value):
+        raise HttpError(422, "Invalid request: commit: must be a git commit id (7 to 64 hex digits)",
+                        [{"field": "commit", "reason": "7 to 64 hex digits"}])
+    return value.lower()
+
+
+def _file_of(req: func.HttpRequest) -> Upload:
+    """(source path, text, commit) from a YAML or JSON body; sizes checked before anything is parsed."""
     content_type = (req.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
     is_json = content_type == "application/json" or content_type.endswith("+json")
     if content_type not in YAML_TYPES and not is_json:
@@ -71,8 +94,9 @@ def _file_of(req: func.HttpRequest) -> tuple[str, str]:
         raise _too_large(limit)
     if not is_json:
         source = (req.params.get("path") or "").strip() or "(body)"
+        commit = _commit(req.params.get("commit"))
         try:
-            return source, body.decode("utf-8-sig")
+            return Upload(source, body.decode("utf-8-sig"), commit)
         except UnicodeDecodeError:
             raise HttpError(400, "The body is not UTF-8 text") from None
     try:
@@ -82,9 +106,10 @@ def _file_of(req: func.HttpRequest) -> tuple[str, str]:
     if not isinstance(data, dict) or not isinstance(data.get("content"), str):
         raise HttpError(422, "Invalid request: content: the access.yaml text is required as a string",
                         [{"field": "content", "reason": "required string"}])
-    unknown = sorted(set(data) - {"path", "content"})
+    unknown = sorted(set(data) - {"path", "content", "commit"})
     if unknown:
-        raise HttpError(422, f"Invalid request: unknown field(s) {', '.join(unknown)}; send path and content",
+        raise HttpError(422, f"Invalid request: unknown field(s) {', '.join(unknown)}; send path, content "
+                             "and commit",
                         [{"field": name, "reason": "unknown field"} for name in unknown])
     path = data.get("path")
     if path is not None and (not isinstance(path, str) or len(path) > 1024):
@@ -92,7 +117,7 @@ def _file_of(req: func.HttpRequest) -> tuple[str, str]:
                         [{"field": "path", "reason": "string, at most 1024 characters"}])
     if len(data["content"].encode("utf-8")) > MAX_FILE_BYTES:
         raise _too_large(MAX_FILE_BYTES)
-    return (path or "").strip() or "(body)", data["content"]
+    return Upload((path or "").strip() or "(body)", data["content"], _commit(data.get("commit")))
 
 
 def _invalid(error: TeamFileError) -> HttpError:
@@ -131,7 +156,7 @@ def _check(source: str, text: str) -> tuple[Any, Plan]:
 @bp.route(route="api/teams/validate", methods=["POST"], auth_level=ANONYMOUS)
 @handles_errors
 def teams_validate(req: func.HttpRequest) -> func.HttpResponse:
-    source, text = _file_of(req)
+    source, text, _ = _file_of(req)
     spec, plan = _check(source, text)
     return json_response({"valid": True, "team": spec.name, "message": f"{source} is valid: team {spec.name}, "
                                                                        f"{plan.action}", "plan": plan.as_dict()})
@@ -143,16 +168,19 @@ def teams_validate(req: func.HttpRequest) -> func.HttpResponse:
 def teams_put(req: func.HttpRequest) -> func.HttpResponse:
     principal = authenticate(req, context.settings())
     name = _team_param(req)
-    source, text = _file_of(req)
+    source, text, commit = _file_of(req)
     spec, plan = _check(source, text)
     if spec.name != name:
         reason = f"is {spec.name!r} but the URL names team {name!r}"
         raise HttpError(422, f"{source}: team.name: {reason}",
                         {"valid": False, "errors": [{"path": source, "field": "team.name", "reason": reason}]})
+    from shared.domain.team import content_hash
+
     record, outcome = _teams().submit(context.team_store(), spec, None if source == "(body)" else source,
-                                      principal.audit_name)
+                                      principal.audit_name, content_hash=content_hash(text), commit=commit)
     answer = {"team": record.name, "generation": record.generation, "phase": record.phase,
-              "outcome": outcome, "changed": outcome != "unchanged", "plan": plan.as_dict()}
+              "outcome": outcome, "changed": outcome != "unchanged", "content_sha256": record.content_hash,
+              "source": record.source, "commit": record.commit, "plan": plan.as_dict()}
     if outcome == "unchanged":
         return json_response({**answer, "message": f"Team {name} is unchanged"}, 200)
     what = {"created": "accepted", "updated": "updated", "retried": "will be retried"}[outcome]
@@ -165,12 +193,54 @@ def teams_put(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="api/teams/{name}", methods=["DELETE"], auth_level=ANONYMOUS)
 @handles_errors
 def teams_delete(req: func.HttpRequest) -> func.HttpResponse:
+    """`?dryRun=true` answers 200 with the plan of the deletion and changes nothing."""
+    from shared.services.team_plan import deletion
+
     principal = authenticate(req, context.settings())
     name = _team_param(req)
-    record = _teams().request_delete(context.team_store(), name, principal.audit_name)
+    store = context.team_store()
+    if _flag(req, "dryRun"):
+        stored = store.get(name)
+        if stored is None:
+            raise HttpError(404, f"No team named {name}")
+        return json_response({"team": name, "dry_run": True, "generation": stored.generation,
+                              "phase": stored.phase, "plan": deletion(stored, context.team_api_ids()).as_dict(),
+                              "message": f"Deleting team {name} would remove what the plan lists; nothing changed"})
+    record = _teams().request_delete(store, name, principal.audit_name)
     return json_response({"team": name, "generation": record.generation, "phase": record.phase,
+                          "plan": deletion(record, context.team_api_ids()).as_dict(),
                           "message": f"Team {name} will be removed by the next timer tick: its subscription, "
                                      "product, keys Secret and workspaces"}, 202)
+
+
+@bp.function_name("teams_list")
+@bp.route(route="api/teams", methods=["GET"], auth_level=ANONYMOUS)
+@handles_errors
+def teams_list(req: func.HttpRequest) -> func.HttpResponse:
+    """Every stored team, paged (`limit`, `continue`): content hash, state, last sync, source, commit."""
+    from shared.services.ports import InvalidArgument
+
+    authenticate(req, context.settings())
+    raw = req.params.get("limit")
+    if raw is not None and (not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT):
+        raise HttpError(422, f"Invalid limit: must be a whole number from 1 to {MAX_LIMIT}",
+                        [{"field": "limit", "reason": f"1..{MAX_LIMIT}"}])
+    try:
+        page = _teams().list_teams(context.team_store(), int(raw) if raw else DEFAULT_LIMIT,
+                                   req.params.get("continue") or None)
+    except InvalidArgument:
+        raise HttpError(422, "Invalid continue token: it may have expired; list again from the start",
+                        [{"field": "continue", "reason": "not recognised"}]) from None
+    return json_response({**page, "count": len(page["teams"])})
+
+
+def _flag(req: func.HttpRequest, name: str) -> bool:
+    value = (req.params.get(name) or "").strip().lower()
+    if value in ("", "false", "0", "no"):
+        return False
+    if value in ("true", "1", "yes", "all"):  # `all` as in Kubernetes' dryRun=All
+        return True
+    raise HttpError(422, f"Invalid {name}: use true or false", [{"field": name, "reason": "true or false"}])
 
 
 @bp.function_name("teams_get")

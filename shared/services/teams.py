@@ -46,10 +46,16 @@ def check(text: str, source: str, catalog: TeamCatalog, store: TeamStore | None,
 
 
 def submit(store: TeamStore, spec: TeamSpec, source: str | None, who: str,
-           now: datetime | None = None) -> tuple[TeamRecord, str]:
+           now: datetime | None = None, *, content_hash: str | None = None,
+           commit: str | None = None) -> tuple[TeamRecord, str]:
     """Store `spec` as the team's desired state: (record, outcome), the outcome one of "created",
     "updated" (a new generation), "retried" (the same generation again after it failed) or
-    "unchanged" (the same grant again: an idempotent PUT, no work for the timer)."""
+    "unchanged" (the same grant again: an idempotent PUT, no work for the timer).
+
+    `content_hash` (`shared.domain.team.content_hash` of the file) and `commit` (the git commit it
+    was sent from) are recorded with the file, so that `python -m shared.teams sync` can tell
+    which files changed since. A file that changed but grants the same (a comment, another shape)
+    is recorded without a new generation, and the outcome is "unchanged"."""
     for _ in range(5):
         now = now or utcnow()
         existing = store.get(spec.name)
@@ -57,31 +63,48 @@ def submit(store: TeamStore, spec: TeamSpec, source: str | None, who: str,
             if existing is None:
                 record = TeamRecord(name=spec.name, spec=spec, generation=1, observed_generation=0,
                                     phase="pending", created_at=now, updated_at=now, source=source,
-                                    submitted_by=who, submitted_at=now)
+                                    commit=commit, content_hash=content_hash, submitted_by=who, submitted_at=now)
                 created = store.create(record)
-                audit.info("team %s submitted by %s (generation 1) from %s", spec.name, who, source)
+                audit.info("team %s submitted by %s (generation 1) from %s", spec.name, who, _where(source, commit))
                 return created, "created"
+            origin = _origin(existing, source, content_hash, commit)
             if existing.deleting or existing.spec.fingerprint() != spec.fingerprint():
                 record = existing.next_generation(now, spec=spec, deleting=False, phase="pending",
-                                                  source=source or existing.source, submitted_by=who, submitted_at=now)
+                                                  **{**origin, "content_hash": content_hash},
+                                                  submitted_by=who, submitted_at=now)
                 updated = store.update(record)
                 audit.info("team %s updated by %s (generation %d) from %s", spec.name, who, updated.generation,
-                           source)
+                           _where(source, commit))
                 return updated, "updated"
             if existing.phase == "failed":
                 # The same file again after a failure: try the same generation once more.
-                retried = store.update(existing.with_changes(now, spec=spec, source=source or existing.source,
+                retried = store.update(existing.with_changes(now, spec=spec, **origin,
                                                              settled=False, attempts=0, next_attempt_at=None,
                                                              submitted_by=who, submitted_at=now))
                 audit.info("team %s: retry requested by %s (generation %d)", spec.name, who, retried.generation)
                 return retried, "retried"
-            if existing.spec != spec or (source and source != existing.source):
-                # The same grant written differently: keep the file's notes, no new generation.
-                existing = store.update(existing.with_changes(now, spec=spec, source=source or existing.source))
+            if existing.spec != spec or any(origin[k] != getattr(existing, k) for k in origin):
+                # The same grant written differently, or from elsewhere: keep the file's notes and
+                # where it came from, no new generation.
+                existing = store.update(existing.with_changes(now, spec=spec, **origin,
+                                                              submitted_by=who, submitted_at=now))
             return existing, "unchanged"
         except Conflict:
             continue  # someone else wrote: read again and decide again
     raise Conflict(f"team {spec.name} keeps changing; try again")
+
+
+def _origin(existing: TeamRecord, source: str | None, content_hash: str | None,
+            commit: str | None) -> dict[str, str | None]:
+    """Where the stored file comes from after this submit: what was sent, else what is stored. A
+    stored commit is kept only while the file is the one it was sent from."""
+    same_file = content_hash is None or content_hash == existing.content_hash
+    return {"source": source or existing.source, "content_hash": content_hash or existing.content_hash,
+            "commit": commit or (existing.commit if same_file else None)}
+
+
+def _where(source: str | None, commit: str | None) -> str:
+    return f"{source} at {commit}" if commit else str(source)
 
 
 def request_delete(store: TeamStore, team: str, who: str, now: datetime | None = None) -> TeamRecord:
@@ -128,12 +151,41 @@ def status(store: TeamStore, team: str) -> dict[str, Any]:
                       "workspaces": list(record.applied.get("workspaces") or sorted(spec.workspaces()))},
         "steps": {k: when(v) for k, v in sorted(record.steps.items())},
         "attempts": record.attempts, "last_error": record.last_error,
-        "next_attempt_at": when(record.next_attempt_at), "source": record.source,
+        "next_attempt_at": when(record.next_attempt_at), "source": record.source, "commit": record.commit,
+        "content_sha256": record.content_hash,
         "submitted_by": record.submitted_by, "submitted_at": when(record.submitted_at),
         "provisioned_at": when(record.provisioned_at), "created_at": when(record.created_at),
         "updated_at": when(record.updated_at),
     }
 
 
-__all__ = ["Change", "Plan", "TeamApim", "TeamFileError", "TeamStore", "Workspaces", "check", "plan", "plan_text",
-           "request_delete", "resources", "status", "submit"]
+def list_teams(store: TeamStore, limit: int, continue_token: str | None = None) -> dict[str, Any]:
+    """One page of every stored team, in name order, as `summary` gives each (InvalidArgument for
+    a continue token the store no longer knows)."""
+    records, unreadable, token = store.list_page(limit, continue_token)
+    return {"teams": [summary(r) for r in records], "unreadable": unreadable, "continue": token}
+
+
+def summary(record: TeamRecord) -> dict[str, Any]:
+    """A team in the list: what sync compares (`content_sha256`), its state, and its last sync.
+
+    `last_sync_at`/`last_sync_by`: when and by whom a file was last stored for it (with its
+    `source` and `commit`); `reconciled_at`: when the timer finished the current generation, if it
+    did (`in_sync`: the current generation is provisioned)."""
+    def when(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    in_sync = record.phase == "ready" and record.settled and record.observed_generation == record.generation
+    return {
+        "team": record.name, "owner": record.spec.owner, "phase": record.phase, "deleting": record.deleting,
+        "settled": record.settled, "in_sync": in_sync, "generation": record.generation,
+        "observed_generation": record.observed_generation, "content_sha256": record.content_hash,
+        "source": record.source, "commit": record.commit, "last_sync_at": when(record.submitted_at),
+        "last_sync_by": record.submitted_by,
+        "reconciled_at": when(max(record.steps.values())) if in_sync and record.steps else None,
+        "last_error": record.last_error, "next_attempt_at": when(record.next_attempt_at),
+    }
+
+
+__all__ = ["Change", "Plan", "TeamApim", "TeamFileError", "TeamStore", "Workspaces", "check", "list_teams",
+           "plan", "plan_text", "request_delete", "resources", "status", "submit", "summary"]

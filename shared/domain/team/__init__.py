@@ -14,7 +14,7 @@ underscore are private to the package.
 import yaml  # noqa: F401
 
 from shared.domain.team.catalog import KaitoEntry, TeamCatalog
-from shared.domain.team.files import FILE_NAMES, MAX_FILE_BYTES, decode, folder_team, too_large
+from shared.domain.team.files import FILE_NAMES, MAX_FILE_BYTES, content_hash, decode, folder_team, too_large
 from shared.domain.team.issues import Issue, TeamFileError
 from shared.domain.team.names import (
     APIM_PRODUCT_ID_MAX,
@@ -43,6 +43,6 @@ __all__ = [
     "STORE_PREFIX", "TEAM_NAME",
     "Counter", "Issue", "KaitoEntry", "Kind", "Limits", "ModelGrant", "Phase", "PositiveInt", "TeamCatalog",
     "TeamFileError", "TeamRecord", "TeamSpec",
-    "check_unique", "decode", "folder_team", "keys_secret_name", "load_yaml", "parse", "preset_slug",
+    "check_unique", "content_hash", "decode", "folder_team", "keys_secret_name", "load_yaml", "parse", "preset_slug",
     "product_id", "read", "record_name", "subscription_id", "too_large", "workspace_name",
 ]

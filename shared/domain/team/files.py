@@ -6,6 +6,7 @@ endpoints and `read` agree on which files are a team's access file.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 
 from shared.domain.team.issues import Issue, TeamFileError
@@ -22,6 +23,16 @@ def decode(data: bytes, source: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise TeamFileError([Issue(source, "(file)", f"is not UTF-8 text (byte {exc.start})")]) from None
+
+
+def content_hash(text: str) -> str:
+    """The SHA-256 of a file's text, the same wherever the file was read: the app stores it with the
+    team, and `python -m shared.teams sync` compares it with the file in git to send only what
+    changed. Line endings are normalised (a Windows checkout hashes like a Linux one); comments and
+    layout count, so the hash tells whether the *file* changed, `TeamSpec.fingerprint` whether the
+    grant did."""
+    normalised = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
 
 
 def too_large(source: str, size: int | None = None) -> Issue:

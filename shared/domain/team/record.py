@@ -35,6 +35,8 @@ class TeamRecord:
     deleting: bool = False
     settled: bool = False
     source: str | None = None
+    commit: str | None = None  # the git commit the file was sent from (the sync CLI sends it)
+    content_hash: str | None = None  # files.content_hash of the file as last stored: what sync compares
     submitted_by: str | None = None
     submitted_at: datetime | None = None
     provisioned_at: datetime | None = None  # first time the owner was told "provisioned"
