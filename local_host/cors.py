@@ -53,14 +53,18 @@ class CorsPolicy:
 
     def decorate(self, request: Request, response: Response) -> None:
         """Add the CORS headers to an actual response (errors too, so the page can read them)."""
+        self.decorate_headers(request, response.headers)
+
+    def decorate_headers(self, request: Request, headers: Headers) -> None:
+        """`decorate` for a response known only by its headers (a streamed one)."""
         origin = request.headers.get("Origin")
         if origin is None or not self.allows(origin):
             return
-        exposed = sorted({k for k, _ in response.headers if k.lower() not in _NOT_EXPOSED
+        exposed = sorted({k for k, _ in headers if k.lower() not in _NOT_EXPOSED
                           and not k.lower().startswith("access-control-")})
-        self._allow(origin, response.headers)
+        self._allow(origin, headers)
         if exposed:
-            response.headers["Access-Control-Expose-Headers"] = ", ".join(exposed)
+            headers["Access-Control-Expose-Headers"] = ", ".join(exposed)
 
     def _allow(self, origin: str, headers: Headers) -> None:
         # The origin itself, never "*": "*" is not allowed together with credentials.

@@ -31,7 +31,7 @@ from azure.functions.decorators.function_app import FunctionRegister
 log = logging.getLogger("local_host")
 
 HTTP_REASON = "This function was programmatically called via the host APIs."
-SUPPORTED_BINDINGS = {"httpTrigger", "http", "timerTrigger"}
+SUPPORTED_BINDINGS = {"httpTrigger", "http", "timerTrigger", "mcpToolTrigger"}
 
 
 def load_function_app(source: Any) -> FunctionRegister:
@@ -137,7 +137,9 @@ def invoke(entry: FunctionEntry, trigger_value: Any, reason: str = HTTP_REASON) 
     invocation_id = str(uuid.uuid4())
     log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", entry.name, reason, invocation_id)
     kwargs = {entry.trigger["name"]: trigger_value}
-    if "context" in inspect.signature(entry.user_function).parameters:
+    # As in the worker, `context` is the invocation context unless a binding has that name (an MCP
+    # tool trigger's is usually called `context`).
+    if "context" in inspect.signature(entry.user_function).parameters and "context" not in kwargs:
         kwargs["context"] = InvocationContext(invocation_id, entry)
     started = time.perf_counter()
     try:

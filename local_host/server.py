@@ -2,7 +2,8 @@
 
 `serve()` is what `python -m local_host` runs, and what tests and benchmarks call to get a host
 on a port of their own. It binds to loopback unless told otherwise: the local host enforces no
-function keys (neither does `func start`), so it must not be reachable from the network.
+function keys (neither does `func start`), so it must not be reachable from the network. (The
+MCP endpoint is the exception: it takes the MCP extension's system key, see mcp_server.py.)
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from .functions import index_functions, load_function_app
+from .functions import FunctionEntry, index_functions, load_function_app
 from .settings import DEFAULT_PORT, load_local_settings, read_route_prefix
 from .timers import TimerScheduler
 from .wsgi import LocalWsgiApp, build_wsgi_app
+
+if TYPE_CHECKING:
+    from .mcp_server import McpEndpoint
 
 log = logging.getLogger("local_host")
 
@@ -43,12 +48,16 @@ class LocalHost:
         self._thread = threading.Thread(target=server.serve_forever, name="local_host-http", daemon=True)
 
     def start(self) -> LocalHost:
+        if self.wsgi.mcp is not None:
+            self.wsgi.mcp.start()
         self._thread.start()
         self.timers.start()
         return self
 
     def shutdown(self) -> None:
         self.timers.stop()
+        if self.wsgi.mcp is not None:
+            self.wsgi.mcp.close()  # ends open MCP streams, so their threads end too
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(5)
@@ -74,7 +83,9 @@ def serve(app_dir: str | os.PathLike = ".", port: int | None = None, host: str =
     route_prefix = read_route_prefix(app_dir / "host.json")
     app = load_function_app(app_dir)
     timers = TimerScheduler(app)  # resolves the schedules: a bad one fails here, before serving
-    wsgi = build_wsgi_app(app, route_prefix, settings.cors_origins, settings.cors_credentials)
+    tools = [e for e in index_functions(app) if e.trigger_type == "mcpToolTrigger"]
+    mcp = _mcp_endpoint(tools, app_dir / "host.json") if tools else None
+    wsgi = build_wsgi_app(app, route_prefix, settings.cors_origins, settings.cors_credentials, mcp)
     if not _is_loopback(host):
         log.warning("Binding to %s: function keys are NOT enforced, anyone who can reach it can call it", host)
     port = port if port is not None else settings.port or DEFAULT_PORT
@@ -95,7 +106,23 @@ def route_table(running: LocalHost) -> str:
         lines.append(f"\t{entry.name}: [{','.join(methods or ['ALL'])}] {running.url}/{template}")
     for timer in running.timers.timers:
         lines.append(f"\t{timer.entry.name}: timerTrigger ({timer.schedule})")
+    mcp = running.wsgi.mcp
+    if mcp is not None:
+        for name, entry in mcp.tools.items():
+            lines.append(f"\t{entry.name}: mcpToolTrigger ({name})")
+        lines += ["", f"MCP server: {running.url}/runtime/webhooks/mcp (streamable HTTP), "
+                      f"{running.url}/runtime/webhooks/mcp/sse (SSE)"]
     return "\n".join(lines)
+
+
+def _mcp_endpoint(tools: list[FunctionEntry], host_json: Path) -> McpEndpoint:
+    from .mcp_server import KEY_SETTING, McpEndpoint  # the MCP SDK loads only for an app with MCP tools
+
+    endpoint = McpEndpoint.for_app(tools, host_json)
+    if endpoint.auth.level == "system" and endpoint.auth.system_key is None:
+        log.warning("MCP tools: %s is not set, so every MCP request is refused (401); set it in "
+                    "local.settings.json Values to the key clients send in x-functions-key", KEY_SETTING)
+    return endpoint
 
 
 def _is_loopback(host: str) -> bool:

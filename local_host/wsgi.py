@@ -3,7 +3,8 @@
 Each request becomes a real `func.HttpRequest` and each `func.HttpResponse` goes back with the
 Content-Type the worker would set. What the host itself answers (no route, wrong method, a
 function that raised) is JSON `{"message", "detail"}` like the app's own errors, so the frontend
-shows a message; a traceback goes to the log, never to the client.
+shows a message; a traceback goes to the log, never to the client. Paths under
+/runtime/webhooks/mcp go to the MCP endpoint (local_host/mcp_server.py) when the app has MCP tools.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 from azure.functions.decorators.function_app import FunctionRegister
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.wrappers import Request, Response
 
@@ -22,21 +24,35 @@ from .cors import CorsPolicy
 from .functions import index_functions, invoke
 from .routes import RouteTable
 
+if TYPE_CHECKING:  # the MCP SDK loads only for an app that has MCP tools
+    from .mcp_server import McpEndpoint
+
 log = logging.getLogger("local_host")
 
 
 class LocalWsgiApp:
-    def __init__(self, routes: RouteTable, cors: CorsPolicy) -> None:
+    def __init__(self, routes: RouteTable, cors: CorsPolicy, mcp: McpEndpoint | None = None) -> None:
         self.routes = routes
         self.cors = cors
+        self.mcp = mcp
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
         request = Request(environ)
         response = self.cors.preflight(request)
+        if response is None and self.mcp is not None and self.mcp.handles(request.path):
+            return self._mcp(self.mcp, request, environ, start_response)
         if response is None:
             response = self._dispatch(request)
             self.cors.decorate(request, response)
         return response(environ, start_response)
+
+    def _mcp(self, mcp: McpEndpoint, request: Request, environ: dict, start_response: Any) -> Any:
+        def start_with_cors(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            decorated = Headers(headers)
+            self.cors.decorate_headers(request, decorated)
+            return start_response(status, decorated.to_wsgi_list(), exc_info)
+
+        return mcp(environ, start_with_cors, request)
 
     def _dispatch(self, request: Request) -> Response:
         try:
@@ -99,7 +115,8 @@ def _json_error(status: int, message: str, detail: Any) -> Response:
 
 
 def build_wsgi_app(app: FunctionRegister, route_prefix: str = "api", cors_origins: Sequence[str] = (),
-                   cors_credentials: bool = False) -> LocalWsgiApp:
-    """A WSGI callable serving `app`'s HTTP functions under `route_prefix` ("" for none)."""
+                   cors_credentials: bool = False, mcp: McpEndpoint | None = None) -> LocalWsgiApp:
+    """A WSGI callable serving `app`'s HTTP functions under `route_prefix` ("" for none), and its
+    MCP tools through `mcp` (started and closed by the caller) when given."""
     entries = [e for e in index_functions(app) if e.trigger_type == "httpTrigger"]
-    return LocalWsgiApp(RouteTable(route_prefix, entries), CorsPolicy(cors_origins, cors_credentials))
+    return LocalWsgiApp(RouteTable(route_prefix, entries), CorsPolicy(cors_origins, cors_credentials), mcp)

@@ -63,3 +63,12 @@ def test_every_http_function_is_in_the_openapi_document(functions):
         assert path in paths, f"{name}: {path} is not documented"
         for method in entry.trigger["methods"]:
             assert method.lower() in paths[path], f"{name}: {method} {path} is not documented"
+
+
+def test_every_function_is_a_route_a_timer_or_an_mcp_tool(functions):
+    # The OpenAPI check above covers the routes; MCP tools are no routes (the host's MCP endpoint
+    # lists them, see tests/test_mcp.py), and nothing else may slip past both.
+    kinds = {entry.trigger_type for entry in functions.values()}
+    assert kinds == {"httpTrigger", "timerTrigger", "mcpToolTrigger"}
+    tools = [entry for entry in functions.values() if entry.trigger_type == "mcpToolTrigger"]
+    assert all(entry.name == f"mcp_{entry.trigger['toolName']}" for entry in tools)

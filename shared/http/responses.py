@@ -50,6 +50,12 @@ def error_response(status: int, message: str, detail: Any = None,
     return json_response({"message": message, "detail": detail}, status, headers)
 
 
+def as_http_error(exc: Exception) -> HttpError:
+    """The answer an expected failure stands for (the MCP tools give the same ones); anything else
+    is re-raised, for the caller to log and answer as an internal error."""
+    return _to_error(exc)
+
+
 def _to_error(exc: Exception) -> HttpError:
     if isinstance(exc, HttpError):
         return exc
