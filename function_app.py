@@ -10,6 +10,7 @@ import azure.functions as func
 
 from shared import context
 from shared.http.admin import bp as admin
+from shared.http.links import bp as links
 from shared.http.openapi import bp as openapi
 from shared.http.public import bp as public
 from shared.http.teams import bp as teams
@@ -21,6 +22,7 @@ context.load()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(public)
 app.register_functions(admin)
+app.register_functions(links)
 app.register_functions(openapi)
 app.register_functions(teams)
 app.register_functions(mcp)

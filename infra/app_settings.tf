@@ -23,6 +23,7 @@ locals {
     ADMIN_API_KEY           = var.key_vault_secret_names.admin_api_key
     SMTP_PASSWORD           = var.key_vault_secret_names.smtp_password
     APPROVAL_WEBHOOK_SECRET = var.key_vault_secret_names.approval_webhook_secret
+    LINK_SIGNING_KEY        = var.key_vault_secret_names.link_signing_key
   }
   configured_secrets = { for setting, secret in local.secret_names : setting => secret if secret != null && secret != "" }
 
@@ -95,6 +96,11 @@ locals {
     ADMIN_LOGIN_ATTEMPTS_PER_MINUTE = var.admin_login_attempts_per_minute
     # Trust X-MS-CLIENT-PRINCIPAL only where App Service authentication sets it and strips forged ones.
     ADMIN_TRUST_APP_SERVICE_AUTH = var.app_service_auth.enabled ? "true" : "false"
+
+    # Links in emails: signed with the LINK_SIGNING_KEY secret (required on Azure), pointing at
+    # PUBLIC_BASE_URL (empty: https://<WEBSITE_HOSTNAME>, the default host name).
+    PUBLIC_BASE_URL = var.public_base_url
+    LINK_TTL_DAYS   = var.link_ttl_days
   }
 
   app_settings = merge(local.plain_app_settings, local.secret_app_settings)

@@ -288,6 +288,7 @@ variable "key_vault_secret_names" {
     admin_api_key           = optional(string)
     smtp_password           = optional(string)
     approval_webhook_secret = optional(string)
+    link_signing_key        = optional(string, "link-signing-key")
   })
   default = {}
 }
@@ -359,6 +360,28 @@ variable "admin_login_attempts_per_minute" {
   description = "Failed Basic logins allowed per client and minute."
   type        = number
   default     = 10
+}
+
+variable "public_base_url" {
+  description = "The app's public URL in the links of emails (renew, rotate, revoke), e.g. a custom domain; empty: https://<default host name>."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.public_base_url == "" || can(regex("^https://[^/?#]+(/[^?#]*)?$", var.public_base_url))
+    error_message = "public_base_url: empty, or an https:// URL without query or fragment."
+  }
+}
+
+variable "link_ttl_days" {
+  description = "How many days a link in an email works (1-365)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.link_ttl_days >= 1 && var.link_ttl_days <= 365
+    error_message = "link_ttl_days: 1 to 365."
+  }
 }
 
 variable "config_file" {

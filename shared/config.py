@@ -163,7 +163,8 @@ class Approval(_Strict):
     rules: list[Rule] = Field(default_factory=list)
 
 
-SubjectKind = Literal["approved", "denied", "review", "failed", "undeliverable", "team"]
+SubjectKind = Literal["approved", "denied", "review", "failed", "undeliverable", "team",
+                      "reminder", "expired", "renewed", "rotated", "revoked-by-requester"]
 
 
 class Notifications(_Strict):
@@ -171,10 +172,36 @@ class Notifications(_Strict):
     reviewers: list[str] = Field(default_factory=list)
     admins: list[str] = Field(default_factory=list)
     admin_url: str = ""
+    # days before a key's expiry on which its owner is reminded (each reminder is sent once)
+    expiry_reminders_days: list[int] = Field(default_factory=lambda: [14, 3])
+
+    @field_validator("expiry_reminders_days")
+    @classmethod
+    def _reminder_days(cls, value: list[int]) -> list[int]:
+        if any(day <= 0 for day in value):
+            raise ValueError("every reminder is a number of days before the expiry, at least 1")
+        return sorted(set(value), reverse=True)
     subjects: dict[SubjectKind, str] = Field(default_factory=dict)
 
 
 # --- the whole file ---------------------------------------------------------------------------------
+
+
+class Lifecycle(_Strict):
+    """`provisioning:` at the top level: what every model's keys share over their life."""
+
+    rotation_grace: str = Field("24h", pattern=DURATION,
+                                description="how long a rotated key's predecessor keeps working")
+
+    @property
+    def rotation_grace_seconds(self) -> float:
+        return duration_seconds(self.rotation_grace)
+
+
+def duration_seconds(text: str) -> float:
+    """A DURATION (30d, 24h, 2w, 1mo...) in seconds; a month counts 30 days, as LiteLLM does."""
+    number, unit = (text[:-2], "mo") if text.endswith("mo") else (text[:-1], text[-1])
+    return int(number) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "mo": 2592000}[unit]
 
 
 class AppConfig(_Strict):
@@ -184,6 +211,7 @@ class AppConfig(_Strict):
     requests: RequestPolicy = Field(default_factory=RequestPolicy)
     approval: Approval = Field(default_factory=Approval)
     notifications: Notifications = Field(default_factory=Notifications)
+    provisioning: Lifecycle = Field(default_factory=Lifecycle)
 
     _by_id: dict[str, CatalogModel] = PrivateAttr(default_factory=dict)
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import secrets
 import threading
+from datetime import timedelta
 
 from shared.config import AppConfig, ConfigError, WebhookRule, load_config
+from shared.services.links import LinkMaker
 from shared.services.ports import Provisioner, RequestStore
 from shared.settings import Settings
 
@@ -38,6 +41,7 @@ def load() -> None:
     from shared.startup_checks import check_timing
 
     check_timing(settings(), loaded)  # budgets and the lease against the longest step, functionTimeout
+    link_maker()  # says at start-up when links are signed with a key of this process only
     log.info("config %s: %d models, %d rules", settings().config_file, len(loaded.models),
              len(loaded.approval.rules))
 
@@ -64,6 +68,31 @@ def _check_config_against_settings(loaded: AppConfig, current: Settings) -> None
                             "but LITELLM_API_KEY (the LiteLLM master key) is not set")
     if problems:
         raise ConfigError("\n".join(f"{current.config_file}: {problem}" for problem in problems))
+
+
+# LINK_SIGNING_KEY unset outside Azure (Settings refuses that on Azure): one random key for this
+# process, kept across reset(), so links work until the process restarts.
+_process_link_key = secrets.token_urlsafe(48)
+
+
+def link_signing_key() -> str:
+    key = settings().link_signing_key
+    return key.get_secret_value() if key is not None else _process_link_key
+
+
+def link_maker() -> LinkMaker:
+    """The requester links of emails and the pages they open (shared/services/links.py)."""
+    with _lock:
+        return _link_maker()
+
+
+@functools.cache
+def _link_maker() -> LinkMaker:
+    current = settings()
+    if current.link_signing_key is None:
+        log.warning("LINK_SIGNING_KEY is not set: links in emails are signed with a random key of this "
+                    "process and stop working when it restarts")
+    return LinkMaker(current.public_url, link_signing_key(), timedelta(days=current.link_ttl_days))
 
 
 def request_store() -> RequestStore:
@@ -128,7 +157,7 @@ def _processor():
         apim_gateway_url=current.apim_gateway_url,
     )
     return Processor(request_store(), config(), provisioners, notifier_from_settings(current),
-                     WebhookApprover(current.ca_bundle), options)
+                     WebhookApprover(current.ca_bundle), options, links=link_maker())
 
 
 # --- team access (docs/teams.md) ------------------------------------------------------------------
@@ -180,6 +209,7 @@ def _team_reconciler():
         lease_seconds=current.processor_lease_seconds,
         max_attempts=current.processor_max_attempts,
         backoff_base_seconds=current.processor_backoff_seconds,
+        rotation_grace_seconds=config().provisioning.rotation_grace_seconds,
     )
     workspaces = KaitoWorkspaces(kube_client(), current.namespace, current.kubernetes_timeout_seconds)
     return TeamReconciler(team_store(), apim, workspaces, notifier_from_settings(current),
@@ -188,5 +218,6 @@ def _team_reconciler():
 
 def reset() -> None:
     """Forget everything built so far (tests change the environment between cases)."""
-    for cached in (settings, config, _kube_client, _request_store, _processor, _team_store, _team_reconciler):
+    for cached in (settings, config, _kube_client, _request_store, _processor, _team_store, _team_reconciler,
+                   _link_maker):
         cached.cache_clear()

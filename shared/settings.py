@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -21,9 +22,13 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 APP_ROOT = Path(__file__).resolve().parent.parent
+MIN_LINK_KEY_LENGTH = 32
+# The LINK_SIGNING_KEY of local.settings.sample.json: fine on a laptop, refused on Azure.
+LOCAL_SAMPLE_LINK_KEY = "local-only-link-signing-key-not-for-azure-0000"
 IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -33,6 +38,19 @@ class SettingsError(Exception):
 
 def _blank_to_none(value: object) -> object:
     return None if isinstance(value, str) and not value.strip() else value
+
+
+def _is_local_host(hostname: str) -> bool:
+    host = hostname.rsplit(":", 1)[0] if not hostname.endswith("]") else hostname
+    return host.strip("[]").lower() in ("localhost", "127.0.0.1", "0.0.0.0", "::1")
+
+
+def _on_azure(env: Mapping[str, str], hostname: str) -> bool:
+    """App Service / Functions sets WEBSITE_* settings (WEBSITE_SITE_NAME, WEBSITE_INSTANCE_ID...);
+    Core Tools sets only WEBSITE_HOSTNAME, to localhost:<port>, which is not Azure."""
+    others = any(name.startswith("WEBSITE_") and name != "WEBSITE_HOSTNAME" and value.strip()
+                 for name, value in env.items())
+    return others or bool(hostname and not _is_local_host(hostname))
 
 
 class Settings(BaseModel):
@@ -119,14 +137,55 @@ class Settings(BaseModel):
     admin_role: str = Field("KeyRequestor.Admin", alias="ADMIN_ROLE")
     admin_login_attempts_per_minute: int = Field(10, alias="ADMIN_LOGIN_ATTEMPTS_PER_MINUTE", ge=1)
 
+    # Requester links in emails (renew, rotate, revoke, ask again): signed with LINK_SIGNING_KEY,
+    # pointing at PUBLIC_BASE_URL, valid for LINK_TTL_DAYS. The key is required on Azure; elsewhere an
+    # unset key is replaced by a random one per process (shared/context.py), so links stop working at
+    # a restart; the local sample ships a fixed local-only value.
+    link_signing_key: SecretStr | None = Field(None, alias="LINK_SIGNING_KEY")
+    public_base_url: str | None = Field(
+        None, alias="PUBLIC_BASE_URL",
+        description="the app's public URL in links; default https://<WEBSITE_HOSTNAME>, else http://127.0.0.1:7071")
+    link_ttl_days: int = Field(30, alias="LINK_TTL_DAYS", ge=1, le=365)
+    # Not app settings: whether the app runs on App Service / Functions (the platform's WEBSITE_*
+    # settings are there; see _on_azure), and the host name the platform gives it (WEBSITE_HOSTNAME).
+    on_azure: bool = Field(False, description="set by from_env from the platform's WEBSITE_* settings")
+    website_hostname: str = Field("", description="set by from_env from WEBSITE_HOSTNAME")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
 
     _blank = field_validator(
         "kubeconfig", "kubernetes_server", "kubernetes_ca_data", "ca_bundle", "litellm_api_key", "litellm_gateway_url",
         "smtp_host", "smtp_user", "smtp_password", "admin_password", "admin_api_key", "apim_subscription_id",
         "apim_resource_group", "apim_service_name", "apim_gateway_url", "azure_client_id", "acs_connection_string",
-        "acs_endpoint", "acs_sender_address", mode="before",
+        "acs_endpoint", "acs_sender_address", "link_signing_key", "public_base_url", mode="before",
     )(_blank_to_none)
+
+    @field_validator("link_signing_key")
+    @classmethod
+    def _strong_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < MIN_LINK_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_LINK_KEY_LENGTH} characters (e.g. openssl rand -base64 48)")
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+            raise ValueError("must be an http(s) URL such as https://keys.example.com (no query or fragment)")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _azure_needs_a_link_key(self) -> Settings:
+        if self.on_azure:
+            if self.link_signing_key is None:
+                raise ValueError("LINK_SIGNING_KEY: required on Azure (it signs the links in emails); "
+                                 "a Key Vault secret, see infra/README.md")
+            if self.link_signing_key.get_secret_value() == LOCAL_SAMPLE_LINK_KEY:
+                raise ValueError("LINK_SIGNING_KEY: the local sample's value cannot be used on Azure")
+        return self
 
     @field_validator("smtp_use_tls", mode="before")
     @classmethod
@@ -168,6 +227,22 @@ class Settings(BaseModel):
         return value
 
     @property
+    def public_url(self) -> str:
+        """Where requesters reach the app: PUBLIC_BASE_URL, else https://<WEBSITE_HOSTNAME>, else the local host."""
+        if self.public_base_url:
+            return self.public_base_url
+        if self.website_hostname:
+            scheme = "http" if _is_local_host(self.website_hostname) else "https"  # Core Tools: localhost:7071
+            return f"{scheme}://{self.website_hostname}"
+        return "http://127.0.0.1:7071"
+
+    @property
+    def public_origin(self) -> str:
+        """scheme://host[:port] of `public_url`, as a browser sends it in `Origin`."""
+        parsed = urlsplit(self.public_url)
+        return f"{parsed.scheme}://{parsed.netloc}".lower()
+
+    @property
     def namespace(self) -> str:
         """The configured namespace, else the pod's own, else `default` (as the earlier service)."""
         if self.kubernetes_namespace.strip():
@@ -184,12 +259,15 @@ class Settings(BaseModel):
             # App Service hands the reference text over when it cannot read the secret.
             raise SettingsError(f"invalid app settings: {', '.join(unresolved)}: unresolved Key Vault "
                                 "reference (does the app's identity have Key Vault Secrets User?)")
-        values: dict[str, object] = {**env, "in_cluster": bool(env.get("KUBERNETES_SERVICE_HOST", "").strip())}
+        hostname = env.get("WEBSITE_HOSTNAME", "").strip()
+        values: dict[str, object] = {**env, "in_cluster": bool(env.get("KUBERNETES_SERVICE_HOST", "").strip()),
+                                     "on_azure": _on_azure(env, hostname), "website_hostname": hostname}
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
             problems = []
             for error in exc.errors():
                 name = ".".join(str(part) for part in error["loc"])
-                problems.append(f"{name}: {error['msg']}")
+                message = error["msg"].removeprefix("Value error, ")
+                problems.append(f"{name}: {message}" if name else message)
             raise SettingsError("invalid app settings: " + "; ".join(problems)) from None

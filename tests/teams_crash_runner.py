@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-Write = dict[str, Any]  # {"team", "gained", "steps", "phase", "settled", "became_settled"}
+Write = dict[str, Any]  # {"team", "gained", "steps", "rotation_steps", "phase", "settled", "became_settled"}
 
 
 class StaticToken:
@@ -82,13 +82,19 @@ def die() -> None:
 
 def describe_write(before: Any, written: Any) -> Write:
     """What one completed write recorded: the steps it added (compared with the stored record
-    just before it), and whether it settled the record."""
-    before_steps = set(getattr(before, "steps", None) or {})
-    after_steps = dict(written.steps or {})
-    gained = sorted((name for name in after_steps if name not in before_steps),
-                    key=lambda name: (after_steps[name], name))
+    just before it; a key rotation's steps, annotation `llm-key-requestor/rotation-steps`, count
+    too), and whether it settled the record."""
+    gained: list[str] = []
+    recorded: dict[str, list[str]] = {}
+    for field in ("steps", "rotation_steps"):
+        before_steps = set(getattr(before, field, None) or {})
+        after_steps = dict(getattr(written, field, None) or {})
+        gained += sorted((name for name in after_steps if name not in before_steps),
+                         key=lambda name: (after_steps[name], name))
+        recorded[field] = sorted(after_steps)
     was_settled = bool(getattr(before, "settled", False))
-    return {"team": written.name, "gained": gained, "steps": sorted(after_steps), "phase": written.phase,
+    return {"team": written.name, "gained": gained, "steps": recorded["steps"],
+            "rotation_steps": recorded["rotation_steps"], "phase": written.phase,
             "settled": bool(written.settled), "became_settled": bool(written.settled) and not was_settled}
 
 

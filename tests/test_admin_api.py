@@ -122,7 +122,8 @@ def test_list_is_an_array_with_the_panel_fields_and_filters(admin):
     listed = admin.get("/api/admin/requests?filter=pending", headers=basic())
     assert listed.status_code == 200 and isinstance(listed.json, list)
     assert [r["request_id"] for r in listed.json] == [pending.id]
-    assert set(listed.json[0]) == {"request_id", "email", "model", "state", "created_at", "updated_at"}
+    assert set(listed.json[0]) == {"request_id", "email", "model", "state", "created_at", "updated_at",
+                                   "expires_at"}
     assert listed.json[0]["created_at"].endswith("+00:00")
 
     assert [r["request_id"] for r in admin.get("/api/admin/requests?filter=review", headers=basic()).json] == [in_review.id]

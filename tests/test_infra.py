@@ -38,8 +38,10 @@ ENTRA_PLACEHOLDER = "REPLACE-WITH-MANAGED-IDENTITY-OBJECT-ID"
 # Settings the app reads that are not app settings of the function app.
 NOT_APP_SETTINGS = {
     "KUBERNETES_SERVICE_HOST": "set by the kubelet inside a pod; tells the client it runs in-cluster",
+    "WEBSITE_HOSTNAME": "set by App Service: the app's default host name, the default of PUBLIC_BASE_URL",
 }
-SECRET_SETTINGS = {"LITELLM_API_KEY", "ADMIN_PASSWORD", "ADMIN_API_KEY", "SMTP_PASSWORD", "APPROVAL_WEBHOOK_SECRET"}
+SECRET_SETTINGS = {"LITELLM_API_KEY", "ADMIN_PASSWORD", "ADMIN_API_KEY", "SMTP_PASSWORD", "APPROVAL_WEBHOOK_SECRET",
+                   "LINK_SIGNING_KEY"}
 # Flex Consumption rejects these (it takes the runtime from runtime_name/runtime_version).
 FLEX_FORBIDDEN_SETTINGS = {"FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE",
                            "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "WEBSITE_CONTENTSHARE"}

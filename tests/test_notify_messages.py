@@ -188,3 +188,118 @@ def test_outbox_writes_a_readable_eml(tmp_path, caplog):
     assert KEY in message.get_body(("plain",)).get_content()
     assert KEY in message.get_body(("html",)).get_content()
     assert str(path) in caplog.text and KEY not in caplog.text
+
+
+# --- a key's life: reminders, expiry, renewal, rotation, revoked by the requester ------------------
+
+RENEW_URL = "https://keys.example.com/api/links/" + "R" * 83
+AGAIN_URL = "https://keys.example.com/api/links/" + "A" * 83
+ROTATE_URL = "https://keys.example.com/api/links/" + "T" * 83
+REVOKE_URL = "https://keys.example.com/api/links/" + "V" * 83
+NEW_KEY = "sk-live-rotated-0987654321fedcba"
+GRACE = datetime(2031, 1, 2, 9, 0, tzinfo=timezone.utc)
+
+
+def test_the_key_email_carries_the_rotate_and_revoke_links():
+    composed = messages.approved_email(request(), MODEL, {"litellm": KEY}, "https://llm.example.com", EXPIRES,
+                                       NOTIFY, rotate_url=ROTATE_URL, revoke_url=REVOKE_URL)
+    for part in (composed.text, composed.html):
+        assert ROTATE_URL in part and REVOKE_URL in part and "changes nothing" in part
+    assert f'<a href="{REVOKE_URL}">' in composed.html
+    # The processor's call without links stays valid and says what it always said.
+    plain = messages.approved_email(request(), MODEL, {"litellm": KEY}, None, None, NOTIFY)
+    assert "/api/links/" not in plain.text + plain.html and "ask for it to be revoked" in plain.text
+
+
+def test_a_reminder_says_when_and_links_the_renewal():
+    soon = request(expires_at=EXPIRES)
+    composed = messages.reminder_email(soon, MODEL, 3, RENEW_URL, NOTIFY)
+    assert composed.to == ("alice@example.com",)
+    assert composed.subject == "LLM Keys: your key for OpenAI GPT-4o expires in 3 days"
+    assert composed.idempotency_key == f"{soon.id}-reminder-3"
+    for part in (composed.text, composed.html):
+        assert "2031-01-31 12:00 UTC" in part and RENEW_URL in part and "same key" in part
+    assert messages.reminder_email(soon, MODEL, 1, RENEW_URL, NOTIFY).subject.endswith("expires in 1 day")
+    no_link = messages.reminder_email(soon, MODEL, 14, None, NOTIFY)
+    assert "/api/links/" not in no_link.text + no_link.html and "platform team" in no_link.text
+    assert no_link.idempotency_key == f"{soon.id}-reminder-14"
+
+
+def test_the_expiry_email_offers_to_ask_again():
+    gone = request(expires_at=EXPIRES)
+    composed = messages.expired_email(gone, MODEL, AGAIN_URL, NOTIFY)
+    assert composed.subject == "LLM Keys: your key for OpenAI GPT-4o has expired"
+    assert composed.idempotency_key == f"{gone.id}-expired"
+    assert AGAIN_URL in composed.text and AGAIN_URL in composed.html and "no longer works" in composed.text
+    # A model no longer in the catalog: a new request would be refused, so no link.
+    orphan = messages.expired_email(gone, None, AGAIN_URL, NOTIFY)
+    assert AGAIN_URL not in orphan.text + orphan.html and "gpt-4o" in orphan.subject
+
+
+def test_renewed_names_the_new_expiry_once_per_renewal():
+    first = request(expires_at=EXPIRES)
+    composed = messages.renewed_email(first, MODEL, NOTIFY)
+    assert composed.subject == "LLM Keys: your key for OpenAI GPT-4o has been renewed"
+    assert "2031-01-31 12:00 UTC" in composed.text and "same key" in composed.html
+    assert composed.idempotency_key == messages.renewed_email(first, MODEL, NOTIFY).idempotency_key
+    later = first.with_changes(expires_at=datetime(2031, 5, 1, tzinfo=timezone.utc))
+    assert messages.renewed_email(later, MODEL, NOTIFY).idempotency_key != composed.idempotency_key
+    assert composed.idempotency_key.startswith(f"{first.id}-renewed-")
+
+
+def test_the_rotated_key_reaches_the_requester_with_the_end_of_the_old_one(smtp_server, caplog):
+    caplog.set_level(logging.DEBUG)
+    rotating = request(expires_at=EXPIRES, rotate_requested_at=datetime(2031, 1, 1, 9, 0, tzinfo=timezone.utc))
+    composed = messages.rotated_email(rotating, MODEL, {"litellm": NEW_KEY}, GRACE, NOTIFY,
+                                      base_url="https://llm.example.com/", generation=2,
+                                      rotate_url=ROTATE_URL, revoke_url=REVOKE_URL)
+    assert composed.idempotency_key == f"{rotating.id}-rotated-2"
+    smtp_server.notifier().send(composed)
+    got, message = delivered_once(smtp_server)
+    assert got.rcpt_tos == ["alice@example.com"]
+    assert message["Subject"] == "LLM Keys: your new key for OpenAI GPT-4o"
+    text, html = message.get_body(("plain",)).get_content(), message.get_body(("html",)).get_content()
+    for part in (text, html):
+        assert NEW_KEY in part and "2031-01-02 09:00 UTC" in part and "stops working" in part
+        assert "https://llm.example.com" in part and REVOKE_URL in part
+    assert NEW_KEY not in repr(composed) and NEW_KEY not in app_log(caplog)
+    # Without a generation, the rotation is named by when it was asked for: stable across re-sends.
+    derived = messages.rotated_email(rotating, MODEL, {"litellm": NEW_KEY}, GRACE, NOTIFY)
+    assert derived.idempotency_key == messages.rotated_email(rotating, MODEL, {"litellm": NEW_KEY}, GRACE,
+                                                             NOTIFY).idempotency_key
+    assert derived.idempotency_key.startswith(f"{rotating.id}-rotated-")
+    with pytest.raises(ValueError):
+        messages.rotated_email(request(), MODEL, {"litellm": NEW_KEY}, GRACE, NOTIFY)  # no generation
+    with pytest.raises(ValueError):
+        messages.rotated_email(rotating, MODEL, {}, GRACE, NOTIFY)
+
+
+def test_admins_are_told_of_a_revoke_by_the_requester_and_hostile_text_is_escaped(smtp_server):
+    hostile = request(HOSTILE_EMAIL, decided_at=datetime(2031, 1, 5, 8, 0, tzinfo=timezone.utc),
+                      decided_by="link:requester")
+    composed = messages.revoked_by_requester_email(hostile, NOTIFY, NOTIFY.admins)
+    assert composed.idempotency_key == f"{hostile.id}-revoked-by-requester"
+    smtp_server.notifier().send(composed)
+    got, message = delivered_once(smtp_server)
+    assert_no_injection(got, message, ["admin@example.com"])
+    text = message.get_body(("plain",)).get_content()
+    assert "2031-01-05 08:00 UTC" in text and f"kubectl describe secret llm-key-request-{hostile.id}" in text
+
+
+def test_hostile_model_titles_are_escaped_in_the_lifecycle_emails():
+    hostile_model = MODEL.model_copy(update={"title": HOSTILE})
+    soon = request(expires_at=EXPIRES, rotate_requested_at=EXPIRES)
+    for composed in (messages.reminder_email(soon, hostile_model, 3, RENEW_URL, NOTIFY),
+                     messages.expired_email(soon, hostile_model, AGAIN_URL, NOTIFY),
+                     messages.renewed_email(soon, hostile_model, NOTIFY),
+                     messages.rotated_email(soon, hostile_model, {"litellm": NEW_KEY}, GRACE, NOTIFY)):
+        assert "<script>" not in composed.html and "&lt;script&gt;" in composed.html
+        assert "\n" not in composed.subject and "\r" not in composed.subject
+
+
+def test_lifecycle_subjects_come_from_config():
+    notify = NOTIFY.model_copy(update={"subjects": {"reminder": "[{product}] {days}d left for {model_id}",
+                                                    "revoked-by-requester": "revoked: {request_id}"}})
+    soon = request(expires_at=EXPIRES)
+    assert messages.reminder_email(soon, MODEL, 14, RENEW_URL, notify).subject == "[LLM Keys] 14d left for gpt-4o"
+    assert messages.revoked_by_requester_email(soon, notify, ["a@example.com"]).subject == f"revoked: {soon.id}"

@@ -101,8 +101,8 @@ def test_auto_approved_request_gets_one_key_and_one_email(processing, litellm_st
     done = processing.get(request)
     assert done.state == State.ACTIVE and done.settled == State.ACTIVE
     assert done.decided_by == "auto-approve" and done.decision == "approve"
-    key = done.secrets["litellm-api-key"]
-    assert key.startswith("sk-")
+    assert done.secrets == {}, "no key is kept after delivery"
+    assert done.expires_at is not None and done.due_at is not None, "its life is scheduled"
 
     row = litellm_standin.key_by_alias(f"llm-key-request-{request.id}")
     assert row is not None and row["models"] == ["gpt-4o-mini"]
@@ -112,12 +112,13 @@ def test_auto_approved_request_gets_one_key_and_one_email(processing, litellm_st
 
     mail = smtp_server.mailbox.to("ann@example.com")
     assert len(mail) == 1
-    assert key in mail[0].get_body(("plain",)).get_content()
+    key = re.search(r"sk-[A-Za-z0-9_-]{20,}", mail[0].get_body(("plain",)).get_content()).group(0)
+    assert row["token"] == hashlib.sha256(key.encode()).hexdigest(), "the emailed key is the live one"
 
     secret = core_api.read_namespaced_secret(request_name(request.id), processing.namespace)
     assert secret.metadata.labels["request-state"] == "active"
     assert key not in json.dumps(secret.metadata.annotations)
-    assert set(secret.data) == {"litellm-api-key"}
+    assert not secret.data, "the plain key left the Secret once its email was recorded"
 
     assert processing.tick().due == 0, "a settled request is not swept again"
 

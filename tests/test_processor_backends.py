@@ -5,8 +5,10 @@ server; revocation through the admin API; no key in any log line."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+import re
 import uuid
 
 import pytest
@@ -86,7 +88,7 @@ def test_both_backends_issue_once_and_revoke_cleanly(setup, litellm_standin, smt
     processor.run_tick()
     active = context.request_store().get(request.id)
     assert active.state == State.ACTIVE
-    assert set(active.secrets) == {"litellm-api-key", "apim-primary-key", "apim-secondary-key"}
+    assert active.secrets == {}, "no key is kept after delivery"
     subscription_id = active.references["apim-subscription-id"]
     assert subscription_id in service.subscriptions
     assert service.subscriptions[subscription_id].properties["state"] == "active"
@@ -94,12 +96,16 @@ def test_both_backends_issue_once_and_revoke_cleanly(setup, litellm_standin, smt
 
     secret = core_api.read_namespaced_secret(request_name(request.id), app_env)
     annotations = json.dumps(secret.metadata.annotations)
-    for key in active.secrets.values():
-        assert key not in annotations
-        assert base64.b64encode(key.encode()).decode() in secret.data.values()
-    assert subscription_id in annotations, "the backend ids are in annotations for operators"
     body = smtp_server.mailbox.to("both@example.com")[0].get_body(("plain",)).get_content()
-    assert active.secrets["litellm-api-key"] in body and active.secrets["apim-primary-key"] in body
+    litellm_key = re.search(r"sk-[A-Za-z0-9_-]{20,}", body).group(0)
+    row = litellm_standin.key_by_alias(f"llm-key-request-{request.id}")
+    assert row["token"] == hashlib.sha256(litellm_key.encode()).hexdigest(), "the emailed key is the live one"
+    primary = service.subscriptions[subscription_id].properties["primaryKey"]
+    assert primary in body
+    for key in (litellm_key, primary):
+        assert key not in annotations
+    assert not secret.data, "the plain keys left the Secret once their email was recorded"
+    assert subscription_id in annotations, "the backend ids are in annotations for operators"
 
     processor.run_tick()  # nothing is due: no second subscription, no second key
     assert len(service.subscriptions) == 1

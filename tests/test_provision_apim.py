@@ -1,15 +1,17 @@
 """APIM provisioning with the real azure-mgmt-apimanagement client against the ARM stand-in:
-idempotence across crashes, revocation, ARM errors mapped by status, throttling and faults,
-no key or token in any message, and no Azure SDK import on the app's cold-start path."""
+idempotence across crashes, revocation, renewal and rotation, ARM errors mapped by status,
+throttling and faults, no key or token in any message, and no Azure SDK import on the app's
+cold-start path."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,7 +21,9 @@ from azure.core.exceptions import ClientAuthenticationError
 
 from shared.adapters.apim import (
     REF_EXPIRES,
+    REF_LIVE_KEY,
     REF_PRODUCT,
+    REF_ROTATED_AT,
     REF_SUBSCRIPTION,
     SECRET_PRIMARY,
     SECRET_SECONDARY,
@@ -29,7 +33,7 @@ from shared.adapters.azure_clients import apim_client
 from shared.adapters.tls import ssl_context
 from shared.config import CatalogModel
 from shared.domain.request import KeyRequest
-from shared.services.ports import PermanentError, TransientError
+from shared.services.ports import Credentials, PermanentError, TransientError
 from tests.standins import exception_texts, leaks, logged_text
 from tests.standins.arm_server import API_VERSION, ArmStandin
 from tests.standins.faults import hang, status
@@ -276,6 +280,196 @@ def test_token_failures_are_transient(arm, service_name):
     with pytest.raises(TransientError, match="ARM refused the token .*AuthenticationFailed") as raised:
         refused.issue(request, model, refused.prepare(request, model))
     assert not leaks({"a-token-arm-does-not-know"}, *exception_texts(raised.value))
+
+
+# --- the key's life: renewal and rotation --------------------------------------------------------------
+
+
+def issued(provisioner: ApimProvisioner, model: CatalogModel) -> tuple[KeyRequest, Credentials]:
+    request = KeyRequest.new("ann@example.com", "gpt-4o")
+    return request, provisioner.issue(request, model, provisioner.prepare(request, model))
+
+
+def delivered(credentials: Credentials) -> Credentials:
+    """What the Secret keeps once the key email is recorded: the references, no key."""
+    return Credentials(references=credentials.references)
+
+
+def merged(*parts: Credentials) -> Credentials:
+    secrets: dict[str, str] = {}
+    references: dict[str, str] = {}
+    for part in parts:
+        secrets.update(part.secrets)
+        references.update(part.references)
+    return Credentials(secrets=secrets, references=references)
+
+
+def keys_of(service, request: KeyRequest) -> tuple[str, str]:
+    stored = service.subscriptions[f"llmkr-{request.id}"].properties
+    return stored["primaryKey"], stored["secondaryKey"]
+
+
+def test_revoke_works_from_references_alone(arm, service, provisioner):
+    request, credentials = issued(provisioner, catalog_model())
+    provisioner.revoke(request, delivered(credentials))
+    assert service.subscriptions == {}
+
+
+def test_extend_sets_the_expiry_from_the_renewal_request_idempotently(arm, service, provisioner):
+    model = catalog_model(expires_after_days=30)
+    request, credentials = issued(provisioner, model)
+    keys = keys_of(service, request)
+    renewal = dataclasses.replace(request, renew_requested_at=request.created_at + timedelta(days=25))
+
+    first = provisioner.extend(renewal, model, delivered(credentials))
+    second = provisioner.extend(renewal, model, delivered(credentials))  # a retry sets the same date
+
+    expected = (renewal.renew_requested_at + timedelta(days=30)).isoformat()
+    assert first == second == Credentials(references={REF_EXPIRES: expected})
+    stored = service.subscriptions[f"llmkr-{request.id}"].properties
+    assert stored["expirationDate"].startswith(expected[:19])
+    assert keys_of(service, request) == keys, "the same keys: no downtime"
+    patches = arm.calls_to("PATCH")[1:]  # after issue's own
+    assert len(patches) == 2 and all(c.headers["if-match"] == "*" for c in patches)
+    assert all(set(c.body["properties"]) == {"expirationDate"} for c in patches)
+
+
+def test_extend_without_expiry_changes_nothing(arm, service, provisioner):
+    model = catalog_model(expires_after_days=None)
+    request, credentials = issued(provisioner, model)
+    renewal = dataclasses.replace(request, renew_requested_at=request.created_at)
+    assert provisioner.extend(renewal, model, delivered(credentials)) == Credentials()
+    assert arm.calls_to("PATCH") == []
+
+
+def test_extend_of_a_missing_subscription_or_without_a_renewal_is_permanent(arm, service, provisioner):
+    model = catalog_model()
+    request, credentials = issued(provisioner, model)
+    with pytest.raises(PermanentError, match="no renewal requested"):
+        provisioner.extend(request, model, delivered(credentials))
+    service.subscriptions.clear()  # deleted outside the app
+    renewal = dataclasses.replace(request, renew_requested_at=request.created_at)
+    with pytest.raises(PermanentError, match=f"subscription llmkr-{request.id} not found .*ResourceNotFound") as raised:
+        provisioner.extend(renewal, model, delivered(credentials))
+    assert_clean(raised.value, arm)
+
+
+def test_rotation_regenerates_the_unused_key_then_retires_the_used_one(arm, service, provisioner):
+    model = catalog_model()
+    request, credentials = issued(provisioner, model)
+    primary, secondary = keys_of(service, request)
+    own = {"apim-prepared": "true", "apim-reached": "yes"}  # the processor's bookkeeping
+    current = Credentials(references={**credentials.references, **own})
+
+    calls = len(arm.calls)
+    assert provisioner.prepare_rotation(request, model, current) == Credentials()
+    assert len(arm.calls) == calls, "nothing to choose, no call"
+
+    rotated = provisioner.rotate(request, model, current)
+    new_primary, new_secondary = keys_of(service, request)
+    assert new_primary == primary, "the key in use keeps working through the grace"
+    assert new_secondary != secondary and rotated.secrets == {SECRET_SECONDARY: new_secondary}
+    assert datetime.fromisoformat(rotated.references[REF_ROTATED_AT]).tzinfo is not None
+    [regenerate] = arm.calls_to("POST", f"{_service_path(service_name_of(provisioner))}/subscriptions/"
+                                        f"llmkr-{request.id}/regenerateSecondaryKey")
+    assert regenerate.query == {"api-version": API_VERSION} and regenerate.body is None
+
+    # Recorded: a repeated rotate (a retry after the email went out) never regenerates again.
+    during = merged(current, rotated)
+    again = provisioner.rotate(request, model, delivered(during))
+    assert again == rotated and keys_of(service, request) == (new_primary, new_secondary)
+
+    retired = provisioner.retire(request, delivered(during))
+    assert not retired.secrets
+    assert retired.references == {**own, REF_SUBSCRIPTION: f"llmkr-{request.id}", REF_PRODUCT: PRODUCT,
+                                  REF_EXPIRES: credentials.references[REF_EXPIRES], REF_LIVE_KEY: "secondary"}
+    final_primary, final_secondary = keys_of(service, request)
+    assert final_primary not in (primary, new_primary) and final_secondary == new_secondary, \
+        "after the grace only the delivered key works"
+    assert provisioner.retire(request, delivered(during)) == retired, "a retry regenerates a key nobody knows"
+    assert keys_of(service, request)[1] == new_secondary
+
+    # The next rotation takes the other turn: a new primary, then the secondary is retired.
+    second = provisioner.rotate(request, model, retired)
+    assert keys_of(service, request)[1] == new_secondary, "the key in use keeps working"
+    assert second.secrets == {SECRET_PRIMARY: keys_of(service, request)[0]}
+    last = provisioner.retire(request, merged(retired, delivered(second)))
+    assert last.references[REF_LIVE_KEY] == "primary" and REF_ROTATED_AT not in last.references
+    assert keys_of(service, request)[0] == second.secrets[SECRET_PRIMARY]
+    assert keys_of(service, request)[1] != new_secondary
+    with pytest.raises(PermanentError, match="no rotation in progress"):
+        provisioner.retire(request, last)
+
+
+def service_name_of(provisioner: ApimProvisioner) -> str:
+    return provisioner._service
+
+
+def _service_path(name: str) -> str:
+    return (f"/subscriptions/{AZURE_SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
+            f"Microsoft.ApiManagement/service/{name}")
+
+
+def test_rotate_run_twice_before_it_was_recorded_returns_the_last_key(arm, service, provisioner):
+    model = catalog_model()
+    request, credentials = issued(provisioner, model)
+    primary, _ = keys_of(service, request)
+    provisioner.rotate(request, model, delivered(credentials))  # ... the process dies before recording
+    rerun = provisioner.rotate(request, model, delivered(credentials))  # the next tick
+    assert rerun.secrets == {SECRET_SECONDARY: keys_of(service, request)[1]}
+    assert keys_of(service, request)[0] == primary
+    assert len([c for c in arm.calls if c.path.endswith("/regenerateSecondaryKey")]) == 2
+
+
+def test_rotation_errors_are_mapped_and_never_show_a_key(arm, service, provisioner, sleeps):
+    model = catalog_model()
+    request, credentials = issued(provisioner, model)
+    arm.faults.plan("POST subscription/regenerateSecondaryKey", status(429, retry_after=1))
+    provisioner.rotate(request, model, delivered(credentials))
+    assert sleeps == [1.0]
+    arm.faults.plan("POST subscription/regenerateSecondaryKey", status(500), status(502), status(503))
+    with pytest.raises(TransientError,
+                       match=r"regenerate the secondary key .* ARM answered 503: .*\(3 tries\)") as busy:
+        provisioner.rotate(request, model, delivered(credentials))
+    arm.faults.plan("POST subscription/regeneratePrimaryKey", hang(10))
+    with pytest.raises(TransientError, match="timed out after 0.5 s") as hung:
+        provisioner.retire(request, Credentials(references={**credentials.references, REF_ROTATED_AT: "x"}))
+    assert hung.value.in_flight
+    arm.faults.plan("POST subscription/regenerateSecondaryKey", status(403, body={"error": {
+        "code": "AuthorizationFailed", "message": "no regenerateSecondaryKey/action"}}))
+    with pytest.raises(PermanentError, match="ARM answered 403: AuthorizationFailed") as forbidden:
+        provisioner.rotate(request, model, delivered(credentials))
+    service.subscriptions.clear()
+    with pytest.raises(PermanentError, match="not found in service .* cannot be rotated") as missing:
+        provisioner.rotate(request, model, delivered(credentials))
+    for raised in (busy, hung, forbidden, missing):
+        assert_clean(raised.value, arm)
+
+
+def test_the_standin_regenerates_keys_with_the_real_wire_shape(arm, service, provisioner, service_name):
+    request, credentials = issued(provisioner, catalog_model())
+    base = f"{arm.url}{_service_path(service_name)}/subscriptions/llmkr-{request.id}"
+    auth = {"Authorization": f"Bearer {arm.token}"}
+    verify = ssl_context(arm.ca_pem_path)
+    primary, secondary = keys_of(service, request)
+    answer = httpx.post(f"{base}/regeneratePrimaryKey?api-version={API_VERSION}", headers=auth, verify=verify)
+    assert answer.status_code == 204 and answer.content == b""
+    assert keys_of(service, request)[0] != primary and keys_of(service, request)[1] == secondary
+    assert keys_of(service, request)[0] in arm.issued_keys
+    assert httpx.get(f"{base}/regenerateSecondaryKey?api-version={API_VERSION}", headers=auth,
+                     verify=verify).status_code == 405
+    missing = httpx.post(f"{base}-x/regenerateSecondaryKey?api-version={API_VERSION}", headers=auth, verify=verify)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "ResourceNotFound"
+    assert httpx.post(f"{base}/regenerateSecondaryKey?api-version={API_VERSION}",
+                      verify=verify).status_code == 401
+    bad_date = httpx.patch(f"{base}?api-version={API_VERSION}", json={"properties": {"expirationDate": "soon"}},
+                           headers={**auth, "If-Match": "*"}, verify=verify)
+    assert bad_date.status_code == 400 and bad_date.json()["error"]["details"][0]["target"] == "expirationDate"
+    later = datetime.now(UTC) + timedelta(days=3)
+    moved = httpx.patch(f"{base}?api-version={API_VERSION}",
+                        json={"properties": {"expirationDate": later.isoformat()}},
+                        headers={**auth, "If-Match": "*"}, verify=verify)
+    assert moved.status_code == 200 and moved.json()["properties"]["expirationDate"] == later.isoformat()
 
 
 # --- the stand-in: what ARM refuses, and the team-access resources ---------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from shared.domain import lifecycle
 from shared.domain import request_steps as rs
 from shared.domain.request import KeyRequest, State
 from shared.domain.team import TeamRecord, TeamSpec
@@ -27,6 +29,7 @@ PREPARED = {"litellm-prepared": "true", "litellm-reached": "no"}
 REACHED = {"litellm-prepared": "true", "litellm-reached": "maybe"}
 LEGACY = {"litellm-prepared": "true"}  # stored before `reached` existed: counts as maybe
 GAVE_UP = {**REACHED, "litellm-revoke-failed": "LiteLLM POST /key/delete answered 401"}
+ISSUED = {"litellm-prepared": "true", "litellm-reached": "yes"}
 
 # (state, steps done, references, the model's backends) -> the next step's name
 TABLE = [
@@ -40,7 +43,9 @@ TABLE = [
     (State.APPROVED, (), {}, None, "model-gone"),
     (State.ACTIVE, (), PREPARED, ("litellm",), None),
     (State.REVOKED, (), {}, ("litellm",), None),
-    (State.EXPIRED, (), {}, ("litellm",), None),
+    (State.EXPIRED, (), ISSUED, ("litellm",), "revoke:litellm"),
+    (State.EXPIRED, (), {}, ("litellm",), "notify-expired"),
+    (State.EXPIRED, ("notified-expired",), {}, ("litellm",), "settle"),
     # cleanup: nothing sent -> nothing to revoke; maybe or legacy -> revoke
     (State.DENIED, (), PREPARED, ("litellm",), "forget:litellm"),
     (State.DENIED, (), REACHED, ("litellm",), "revoke:litellm"),
@@ -82,11 +87,14 @@ def test_every_state_and_recorded_steps_combination_has_a_known_step_or_none(sta
                     for settled in (None, state):
                         found = rs.next_step(request(state, steps=done, references=references, settled=settled),
                                              backends, NOW)
-                        if settled == state or state in (State.ACTIVE, State.REVOKED, State.EXPIRED):
+                        if state == State.ACTIVE:  # driven by its life, not by settled: see below
+                            assert found is None, "an active key with no expiry and nothing asked has no work"
+                            continue
+                        if settled == state or state == State.REVOKED:
                             assert found is None
                             continue
                         assert found is not None and found.step in rs.STEP_NAMES
-                        if state in (State.DENIED, State.REVOKING, State.FAILED):
+                        if state in (State.DENIED, State.REVOKING, State.FAILED, State.EXPIRED):
                             assert found.step not in (rs.PREPARE, rs.ISSUE, rs.NOTIFY_APPROVED, rs.DECIDE)
                         if references is GAVE_UP:
                             assert found.step not in (rs.REVOKE, rs.FORGET), "a revoke given up is not retried"
@@ -94,7 +102,7 @@ def test_every_state_and_recorded_steps_combination_has_a_known_step_or_none(sta
 
 def test_cleanup_never_loops_once_every_backend_is_done():
     """Following the answers of next_step as if each step succeeded ends, for every state."""
-    for state in (State.DENIED, State.REVOKING, State.FAILED):
+    for state in (State.DENIED, State.REVOKING, State.FAILED, State.EXPIRED):
         for references in REFERENCE_SETS:
             current = request(state, references=references)
             for _ in range(10):
@@ -194,3 +202,83 @@ def test_taking_up_a_team():
     assert ts.on_lease(team(phase="failed", deleting=True)) == {"phase": "deleting", "attempts": 0}
     assert ts.removable(team(done=ts.DELETE_STEPS, deleting=True, phase="deleting"))
     assert not ts.removable(team(done=ts.DELETE_STEPS, deleting=True, phase="failed"))
+
+
+# --- an active key's life -----------------------------------------------------------------------------
+
+LIFE = lifecycle.Life(reminder_days=(14, 3), rotation_grace=timedelta(hours=24))
+EXPIRES = NOW + timedelta(days=30)
+
+
+def active(**fields) -> KeyRequest:
+    base = request(State.ACTIVE, references=ISSUED, settled=State.ACTIVE)
+    return dataclasses.replace(base, **{"expires_at": EXPIRES, **fields})
+
+
+def life_step(current: KeyRequest, now=NOW):
+    found = rs.next_step(current, ("litellm",), now, LIFE)
+    return (found.name, found.days) if found else None
+
+
+@pytest.mark.parametrize("now, done, expected", [
+    (NOW, (), None),                                                    # 30 days left: nothing yet
+    (EXPIRES - timedelta(days=14), (), ("remind", 14)),
+    (EXPIRES - timedelta(days=10), ("reminded-14d",), None),
+    (EXPIRES - timedelta(days=3), ("reminded-14d",), ("remind", 3)),
+    (EXPIRES - timedelta(days=2), (), ("remind", 3)),                  # late: only the most urgent one
+    (EXPIRES - timedelta(days=1), ("reminded-14d", "reminded-3d"), None),
+    (EXPIRES, ("reminded-14d", "reminded-3d"), ("expire", 0)),
+    (EXPIRES + timedelta(days=40), (), ("expire", 0)),                  # a timer down for weeks still expires it
+])
+def test_reminders_then_expiry(now, done, expected):
+    assert life_step(active(steps={s: NOW for s in done}), now) == expected
+
+
+def test_when_the_next_work_of_an_active_key_is_due():
+    fresh = active()
+    assert lifecycle.due_at(fresh, ("litellm",), NOW, LIFE) == EXPIRES - timedelta(days=14)
+    reminded = active(steps={"reminded-14d": NOW})
+    assert lifecycle.due_at(reminded, ("litellm",), NOW, LIFE) == EXPIRES - timedelta(days=3)
+    assert lifecycle.due_at(active(expires_at=None), ("litellm",), NOW, LIFE) is None, "no expiry: never swept"
+    assert lifecycle.due_at(active(renew_requested_at=NOW), ("litellm",), NOW, LIFE) == NOW
+
+
+@pytest.mark.parametrize("done, expected", [
+    ((), "decide-renewal"),
+    (("renewal-decided",), "extend:litellm"),
+    (("renewal-decided", "litellm-extended"), "notify-renewed"),
+])
+def test_renewal_steps(done, expected):
+    assert life_step(active(renew_requested_at=NOW, steps={s: NOW for s in done}))[0] == expected
+
+
+def test_a_renewal_an_admin_approved_extends_the_same_key():
+    approved = request(State.APPROVED, references=ISSUED)
+    approved = dataclasses.replace(approved, renew_requested_at=NOW)
+    assert rs.next_step(approved, ("litellm",), NOW, LIFE).name == "extend:litellm"
+    extended = dataclasses.replace(approved, steps={"litellm-extended": NOW})
+    assert rs.next_step(extended, ("litellm",), NOW, LIFE).name == "notify-renewed"
+
+
+@pytest.mark.parametrize("done, now, expected", [
+    ((), NOW, "prepare-rotation:litellm"),
+    (("litellm-rotation-prepared",), NOW, "rotate:litellm"),
+    (("litellm-rotation-prepared", "litellm-rotated"), NOW, "notify-rotated"),
+    (("litellm-rotation-prepared", "litellm-rotated", "notified-rotated"), NOW + timedelta(hours=23), None),
+    (("litellm-rotation-prepared", "litellm-rotated", "notified-rotated"), NOW + timedelta(hours=24), "retire:litellm"),
+    (("litellm-rotation-prepared", "litellm-rotated", "notified-rotated", "litellm-retired"), NOW + timedelta(hours=25),
+     "finish-rotation"),
+])
+def test_rotation_keeps_the_old_key_through_the_grace(done, now, expected):
+    rotating = active(rotate_requested_at=NOW, steps={s: NOW for s in done})
+    found = life_step(rotating, now)
+    assert (found[0] if found else None) == expected
+    if expected is None:
+        assert lifecycle.due_at(rotating, ("litellm",), now, LIFE) == NOW + timedelta(hours=24)
+
+
+def test_a_key_revoked_by_its_requester_tells_the_admins_first():
+    revoking = dataclasses.replace(request(State.REVOKING), decided_by="link:requester")
+    assert rs.next_step(revoking, ("litellm",), NOW).name == "notify-revoked"
+    told = dataclasses.replace(revoking, steps={"notified-revoked": NOW})
+    assert rs.next_step(told, ("litellm",), NOW).name == "enter-revoked"

@@ -314,7 +314,7 @@ class TeamCase:
     settings for it (the runners' environment, and this process's for the in-process side)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, core_api: Any, kube_cluster: Any, arm: KillingArm,
-                 smtp: Any, team_catalog: Any, forks: ForkServer) -> None:
+                 smtp: Any, team_catalog: Any, forks: ForkServer, config_file: Path | None = None) -> None:
         from kubernetes import client
 
         self.monkeypatch, self.core, self.arm, self.smtp = monkeypatch, core_api, arm, smtp
@@ -330,7 +330,7 @@ class TeamCase:
         self.settings = {
             "KUBECONFIG": str(kube_cluster.kubeconfig),
             "KUBERNETES_NAMESPACE": self.namespace,
-            "CONFIG_FILE": str(ROOT / "config.yaml"),
+            "CONFIG_FILE": str(config_file or ROOT / "config.yaml"),
             "APIM_SUBSCRIPTION_ID": AZURE_SUBSCRIPTION,
             "APIM_RESOURCE_GROUP": RESOURCE_GROUP,
             "APIM_SERVICE_NAME": self.service_name,
@@ -380,13 +380,23 @@ class TeamCase:
     def request_delete(self):
         return teams.request_delete(self.store, TEAM, "basic:admin")
 
-    def reconcile_in_process(self, until: Callable[[], bool], ticks: int = 20) -> None:
+    def reconcile_in_process(self, until: Callable[[], bool], ticks: int = 20, advance: float = 0.0) -> None:
+        """Tick until `until()`; with `advance`, the reconciler's clock moves on that far after each
+        tick (past a rotation's grace) instead of the test sleeping."""
         reconciler = context.team_reconciler()
+        if advance:
+            from tests.clock import Clock
+
+            clock = Clock()
+            clock.install(reconciler)
         for _ in range(ticks):
             reconciler.run_tick()
             if until():
                 return
-            time.sleep(0.05)
+            if advance:
+                clock.advance(advance)
+            else:
+                time.sleep(0.05)
         raise AssertionError(f"not settled in process: {self.store.get(TEAM)}")
 
     def ready(self) -> bool:
@@ -471,8 +481,8 @@ class TeamCase:
 def new_case(monkeypatch, core_api, kube_cluster, workspace_crd, killing_arm, crash_smtp, catalog, forks):
     made: list[TeamCase] = []
 
-    def make() -> TeamCase:
-        case = TeamCase(monkeypatch, core_api, kube_cluster, killing_arm, crash_smtp, catalog, forks)
+    def make(config_file: Path | None = None) -> TeamCase:
+        case = TeamCase(monkeypatch, core_api, kube_cluster, killing_arm, crash_smtp, catalog, forks, config_file)
         made.append(case)
         return case
 
@@ -508,6 +518,13 @@ class Timeline:
     def step_written(self, name: str) -> float | None:
         return next((when for when, write in self.writes if name in write["gained"]), None)
 
+    def rotation_recorded_before(self, moment: float) -> set[str]:
+        steps: set[str] = set()
+        for when, write in self.writes:
+            if when < moment:
+                steps = set(write.get("rotation_steps") or ())
+        return steps
+
 
 @dataclasses.dataclass
 class Discovered:
@@ -515,7 +532,7 @@ class Discovered:
     deletion: Timeline
 
 
-def clean_run(case: TeamCase, start: Callable[[], None], until: Callable[[], bool]) -> Timeline:
+def clean_run(case: TeamCase, start: Callable[[], None], until: Callable[[], bool], advance: float = 0.0) -> Timeline:
     from shared.store.teams import KubernetesTeamStore
 
     writes: list[tuple[float, dict]] = []
@@ -529,7 +546,7 @@ def clean_run(case: TeamCase, start: Callable[[], None], until: Callable[[], boo
             owner, method = call_owner(name)
             traced.setattr(owner, method,
                            after(getattr(owner, method), lambda n=name: marks[n].append(time.monotonic())))
-        case.reconcile_in_process(until)
+        case.reconcile_in_process(until, advance=advance)
     return Timeline(writes, marks, [(c, case.arm.fault_key(c)) for c in case.calls() if c.at >= started],
                     [when for when, rcpts in case.smtp.mailbox.arrivals if when >= started and case.owner in rcpts])
 
@@ -561,6 +578,8 @@ class Point:
     applied: Callable[[TeamCase], bool] | None = None  # what the dead runner's last call left behind
     delivered: bool = False
     emails: tuple[int, int] = (1, 1)  # (at least, at most) of the owner's email of the case, in the end
+    occurrence: int = 1  # "call" and "smtp": the N-th such call / message of the clean run
+    after_grace: bool = False  # a rotation's point after its grace (the run before it is done in-process)
 
     def runner_args(self) -> list[str]:
         return {"step": ["--kill-after-step", self.name], "settled": ["--kill-after-settled"],
@@ -573,9 +592,9 @@ class Point:
         if self.by == "settled":
             return next((when for when, w in timeline.writes if w["became_settled"]), None)
         if self.by == "call":
-            return next(iter(timeline.marks[self.name]), None)
+            return next(iter(timeline.marks[self.name][self.occurrence - 1:]), None)
         if self.by == "smtp":
-            return next(iter(timeline.mails), None)
+            return next(iter(timeline.mails[self.occurrence - 1:]), None)
         target = Target(*self.arm)
         return next((call.at for call, key in timeline.calls if target.matches(call, key)), None)
 
@@ -757,3 +776,179 @@ def test_deletion_steps_not_listed_here_are_crash_safe_too(new_case, discovered)
         pytest.skip(f"every step of a clean deletion is listed: {discovered.deletion.steps()}")
     for name in unlisted:
         deletion_case(new_case(), step(name), discovered)
+
+
+# --- a key rotation: SIGKILL at each of its step boundaries ------------------------------------------
+#
+# The team is provisioned in-process, the rotation asked for (POST .../rotate's use case), and a runner
+# is killed at one point of the rotation; for a point after the grace, the rotation up to the wait is
+# done in-process first and the killed runner's clock is past the grace. Fresh runners then finish it,
+# each with its clock past the dead holder's lease and, once the rotation waits, past its grace (the
+# grace is ROTATION_GRACE in this module's config file; no test sleeps through it). In the end: one
+# subscription, the keys Secret holds its keys, both keys were regenerated, the rotation is over, and
+# at no moment was the key the owner had been told to use regenerated: the new key never changes once
+# the owner was emailed about it, and the old one is regenerated only after that email.
+
+ROTATION_GRACE = 2.0
+LISTED_ROTATION_STEPS = ("rotate-new-key", "rotate-keys-new", "notified-rotated", "rotate-old-key", "rotate-keys-old")
+REGENERATE_SECONDARY = ("POST subscription/regenerateSecondaryKey",
+                        f"/subscriptions/{SUBSCRIPTION}/regenerateSecondaryKey")
+REGENERATE_PRIMARY = ("POST subscription/regeneratePrimaryKey", f"/subscriptions/{SUBSCRIPTION}/regeneratePrimaryKey")
+
+
+def _changed(slot: str) -> Callable[[TeamCase], bool]:
+    return lambda c: c.subscription_keys()[slot] != c.keys_before_rotation[slot]
+
+
+ROTATION_POINTS = [
+    *(Point(name, "step", after_grace=name in ("rotate-old-key", "rotate-keys-old"))
+      for name in LISTED_ROTATION_STEPS),
+    Point("settled", "settled", after_grace=True),  # the write that ends the rotation
+    Point("arm-regenerate-secondary-applied", "arm", REGENERATE_SECONDARY, _changed("secondary-key")),
+    Point("arm-regenerate-primary-applied", "arm", REGENERATE_PRIMARY, _changed("primary-key"), after_grace=True),
+    Point("keys-written", "call", applied=lambda c: c.keys() == c.subscription_keys()),
+    Point("keys-written", "call", applied=lambda c: c.keys() == c.subscription_keys(), occurrence=2,
+          after_grace=True),
+    # The "rotated" email during delivery, as for "provisioned" above.
+    Point("smtp-received", "smtp", applied=lambda c: c.mails("rotated") == []),
+    Point("smtp-accepted", "smtp", applied=lambda c: len(c.mails("rotated")) == 1, delivered=True, emails=(1, 2)),
+]
+
+
+@pytest.fixture(scope="module")
+def rotation_config(tmp_path_factory) -> Path:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config.setdefault("provisioning", {})["rotation_grace"] = f"{ROTATION_GRACE:g}s"
+    path = tmp_path_factory.mktemp("rotation-config") / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def rotation_case(make: Callable[..., TeamCase], config: Path) -> TeamCase:
+    case = make(config_file=config)
+    case.provision_in_process()
+    case.keys_before_rotation = case.subscription_keys()
+    return case
+
+
+def rotating(case: TeamCase) -> bool:
+    record = case.store.get(TEAM)
+    return record is not None and record.rotating
+
+
+def waiting_for_grace(case: TeamCase) -> bool:
+    record = case.store.get(TEAM)
+    return record is not None and record.rotated("notified-rotated") and record.next_attempt_at is not None
+
+
+@pytest.fixture(scope="module")
+def discovered_rotation(core_api, kube_cluster, workspace_crd, killing_arm, crash_smtp, catalog, forks,
+                        rotation_config) -> Timeline:
+    with pytest.MonkeyPatch.context() as mp:
+        case = TeamCase(mp, core_api, kube_cluster, killing_arm, crash_smtp, catalog, forks, rotation_config)
+        case.provision_in_process()
+        timeline = clean_run(case, lambda: teams.request_rotation(case.store, TEAM, "basic:admin"),
+                             lambda: not rotating(case), advance=ROTATION_GRACE + 1)
+        context.reset()
+    print("discovered rotation steps:", timeline.steps())
+    assert set(LISTED_ROTATION_STEPS) <= set(timeline.steps()), timeline.steps()
+    return timeline
+
+
+def ahead_for(case: TeamCase) -> str:
+    """A fresh runner's clock: past the dead holder's lease, and past the grace once it is fixed."""
+    lease = float(case.past_the_lease())
+    record = case.store.get(TEAM)
+    grace = 0.0
+    if record is not None and record.rotation_retire_at is not None:
+        grace = (record.rotation_retire_at - datetime.now(UTC)).total_seconds() + 0.05
+    return f"{max(lease, grace, 0.0):.3f}"
+
+
+def rotation_crash_and_recover(case: TeamCase, point: Point, timeline: Timeline) -> list[Run]:
+    if point.moment(timeline) is None:
+        pytest.skip(f"the reconciler no longer has {point.by} {point.name!r} "
+                    f"(a clean rotation recorded {timeline.steps()})")
+    moment = point.moment(timeline)
+    if point.by in ("step", "settled"):
+        expected = next(set(w["rotation_steps"]) for when, w in timeline.writes if when == moment)
+    else:
+        expected = timeline.rotation_recorded_before(moment)
+
+    teams.request_rotation(case.store, TEAM, "basic:admin")
+    if point.after_grace:  # up to the wait, in-process (already crash-tested by the points before it)
+        case.reconcile_in_process(lambda: waiting_for_grace(case))
+    ahead = ["--clock-ahead", ahead_for(case)] if point.after_grace else []
+
+    if point.by in ("arm", "smtp"):
+        if point.by == "arm":
+            target = case.arm.kill_target = Target(*point.arm)
+        else:
+            target = case.smtp.mailbox.kill_target = Target(address=case.owner, delivered=point.delivered)
+        killed = case.run(*ahead, target=target)
+        case.arm.kill_target = case.smtp.mailbox.kill_target = None
+        assert target.fired.is_set(), killed
+    else:
+        killed = case.run(*point.runner_args(), *ahead)
+        assert "teams_crash_runner: SIGKILL" in killed.stderr, killed
+    assert killed.returncode == -signal.SIGKILL, killed
+
+    record = case.store.get(TEAM)
+    if point.by == "settled":
+        assert not record.rotating and record.settled, killed
+    else:
+        assert set(record.rotation_steps) == expected, (sorted(record.rotation_steps), sorted(expected), killed)
+    if point.applied is not None:
+        assert point.applied(case), killed
+
+    runs = []
+    for _ in range(3):  # one run to the wait, one past it, at most
+        recovered = case.run("--until-settled", "20", "--pause", "0.1", "--clock-ahead", ahead_for(case))
+        assert recovered.returncode == 0 and "Traceback" not in recovered.stderr, recovered
+        runs.append(recovered)
+        if not rotating(case):
+            break
+    return runs
+
+
+def assert_rotated(case: TeamCase, point: Point, runs: list[Run]) -> None:
+    service = case.service
+    assert list(service.subscriptions) == [SUBSCRIPTION], runs[-1]
+    assert case.keys() == case.subscription_keys(), "the keys Secret holds the subscription's current keys"
+    assert case.secret_names() == sorted([RECORD_SECRET, KEYS_SECRET]), "no orphaned Secret"
+    before, after = case.keys_before_rotation, case.subscription_keys()
+    assert after["primary-key"] != before["primary-key"] and after["secondary-key"] != before["secondary-key"]
+
+    done = case.store.get(TEAM)
+    assert not done.rotating and done.rotation_steps == {} and done.rotation_retire_at is None, runs[-1]
+    assert (done.phase, done.settled, done.applied.get("live-key")) == ("ready", True, "secondary"), runs[-1]
+    assert done.attempts == 0 and done.last_error is None, runs[-1]
+    assert set(done.steps) == set(LISTED_LIVE_STEPS), "the generation was not re-applied"
+
+    rotated = case.mails("rotated")
+    low, high = point.emails
+    assert low <= len(rotated) <= high, (len(rotated), runs[-1])
+    assert len({m["Message-ID"] for m in rotated}) == 1, "a re-sent notification keeps its Message-ID"
+    assert "secondary-key" in rotated[0].get_body(("plain",)).get_content()
+    # Every regeneration of the new key came before the owner's first "rotated" email (tried), and
+    # every regeneration of the old one after the last: nobody was told a key that was replaced
+    # later, and the key in use kept working until the owner had been told to switch.
+    told = [when for when, rcpts in case.smtp.mailbox.arrivals if case.owner in rcpts
+            and when >= case.rotation_started]
+    regenerations = [(c.at, c.path.rsplit("/", 1)[-1]) for c in case.calls() if c.path.endswith("Key")
+                     and c.at >= case.rotation_started]
+    assert told and {name for _, name in regenerations} == {"regenerateSecondaryKey", "regeneratePrimaryKey"}
+    assert all(at < min(told) for at, name in regenerations if name == "regenerateSecondaryKey"), regenerations
+    assert all(at > max(told) for at, name in regenerations if name == "regeneratePrimaryKey"), regenerations
+
+
+@pytest.mark.parametrize("point", ROTATION_POINTS,
+                         ids=[f"{p.name}-{p.occurrence}" if p.by == "call" else p.name for p in ROTATION_POINTS])
+def test_a_crash_at_each_rotation_step_boundary_ends_with_the_keys_rotated(new_case, discovered_rotation,
+                                                                          rotation_config, point: Point):
+    case = rotation_case(new_case, rotation_config)
+    case.rotation_started = time.monotonic()
+    runs = rotation_crash_and_recover(case, point, discovered_rotation)
+    assert_rotated(case, point, runs)

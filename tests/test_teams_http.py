@@ -174,6 +174,20 @@ def test_delete_marks_the_team_for_removal(client):
     assert plan["action"] == "create" and any("being deleted" in w for w in plan["warnings"])
 
 
+def test_rotate_needs_an_admin_a_known_team_and_a_ready_one(client):
+    assert client.post("/api/teams/alpha/rotate").status_code == 401
+    missing = client.post("/api/teams/nobody/rotate", headers=basic())
+    assert missing.status_code == 404 and missing.json["message"] == "No team named nobody"
+    assert client.post("/api/teams/Not_A_Team/rotate", headers=basic()).status_code == 404
+    client.put("/api/teams/alpha", data=SEED_EXAMPLE, headers={**YAML, **basic()})
+    pending = client.post("/api/teams/alpha/rotate", headers={"x-functions-key": API_KEY})
+    assert pending.status_code == 409 and pending.json["message"].startswith("Team alpha is not ready")
+    client.delete("/api/teams/alpha", headers=basic())
+    deleting = client.post("/api/teams/alpha/rotate", headers=basic())
+    assert deleting.status_code == 409 and "being deleted" in deleting.json["message"]
+    assert context.team_store().get("alpha").rotating is False
+
+
 def test_without_apim_a_team_fails_with_the_reason_and_a_re_put_retries(client):
     assert client.put("/api/teams/alpha", data=SEED_EXAMPLE, headers={**YAML, **basic()}).status_code == 201
     assert context.team_reconciler().run_tick().outcomes == {"failed": 1}
@@ -227,6 +241,27 @@ def test_end_to_end_with_the_timer_and_status_never_shows_keys(client, arm, apim
 
     # The owner's email went to the outbox (no ACS or SMTP here).
     assert len(list((context.settings().email_outbox_dir).glob("*.eml"))) == 1
+
+    # A key rotation: recorded by the endpoint, done by the timer (the key not in use first).
+    primary, secondary = keys["primaryKey"], keys["secondaryKey"]
+    rotate = client.post("/api/teams/beta/rotate", headers=basic())
+    assert rotate.status_code == 202 and rotate.json["outcome"] == "requested"
+    assert rotate.json["rotation_grace"] == context.config().provisioning.rotation_grace
+    assert rotate.headers["Location"] == "/api/teams/beta"
+    again = client.post("/api/teams/beta/rotate", headers=basic())
+    assert again.status_code == 409 and "rotation that is running" in again.json["message"]
+    invoke(functions["team_timer"], TimerRequest(past_due=False))
+    assert keys["primaryKey"] == primary and keys["secondaryKey"] != secondary
+    status = client.get("/api/teams/beta", headers=basic())
+    rotation = status.json["rotation"]
+    assert rotation["new_key"] == "secondary-key" and rotation["requested_by"] == "basic:admin"
+    assert set(rotation["steps"]) == {"rotate-new-key", "rotate-keys-new", "notified-rotated"}
+    assert rotation["retire_at"] is not None and status.json["key_in_use"] == "primary-key"
+    for answer in (rotate, status):
+        assert all(key not in answer.get_data(as_text=True) for key in (primary, secondary, keys["secondaryKey"]))
+    secret = core_api.read_namespaced_secret("beta-api-key", app_env)
+    assert base64.b64decode(secret.data["secondary-key"]).decode() == keys["secondaryKey"]
+    assert len(list((context.settings().email_outbox_dir).glob("*.eml"))) == 2
 
     client.delete("/api/teams/beta", headers=basic())
     invoke(functions["team_timer"], TimerRequest(past_due=False))

@@ -15,7 +15,9 @@ from shared.domain import policy
 from shared.domain.team import parse
 from shared.domain.team import steps as team_steps
 from shared.services import teams
+from shared.services.ports import NotFound
 from shared.store.teams import team_selector
+from tests.standins import leaks
 from tests.standins.faults import status
 from tests.teams_fixtures import (  # noqa: F401
     API_IDS,
@@ -276,3 +278,183 @@ def test_other_shapes_reconcile(harness, catalog, shape):
     assert h.secret(f"{team}-api-key") is not None
     expected = ["gamma-llama-3-1-8b-instruct"] if shape == "catalog" else []
     assert list(h.workspaces()) == expected
+
+
+# --- key rotation ------------------------------------------------------------------------------------
+
+
+GRACE = 86400.0  # TeamReconcilerOptions' default, config.yaml's provisioning.rotation_grace (24h)
+
+
+def apim_keys(h: Harness, team: str = "beta") -> tuple[str, str]:
+    stored = h.service.subscriptions[f"sub-{team}"].properties
+    return stored["primaryKey"], stored["secondaryKey"]
+
+
+def secret_keys(h: Harness, team: str = "beta") -> tuple[str, str]:
+    data = decoded(h.secret(f"{team}-api-key"))
+    return data["primary-key"], data["secondary-key"]
+
+
+def regenerations(h: Harness) -> list[str]:
+    return [c.path.rsplit("/", 1)[-1] for c in h.arm.calls if c.path.endswith("Key") and c.method == "POST"]
+
+
+def test_rotation_keeps_one_key_working_at_every_moment_and_alternates(harness, catalog):
+    h = harness
+    submit(h, catalog, per_model_file())
+    h.tick()
+    primary, secondary = apim_keys(h)
+
+    record, outcome = teams.request_rotation(h.store, "beta", "basic:admin")
+    assert outcome == "requested" and record.rotating and not record.settled and record.phase == "ready"
+    assert teams.status(h.store, "beta")["rotation"]["new_key"] == "secondary-key"
+
+    # First run: the unused key (secondary) is regenerated, both keys are written, the owner is told;
+    # then the team waits out the grace, its primary untouched.
+    assert h.tick().outcomes == {"ready": 1}
+    new_primary, new_secondary = apim_keys(h)
+    assert new_primary == primary and new_secondary != secondary
+    assert secret_keys(h) == (primary, new_secondary)
+    waiting = h.store.get("beta")
+    assert set(waiting.rotation_steps) == {team_steps.ROTATE_NEW, team_steps.ROTATE_KEYS_NEW,
+                                           team_steps.NOTIFIED_ROTATED}
+    assert waiting.rotation_retire_at == waiting.next_attempt_at
+    grace_left = (waiting.rotation_retire_at - h.clock()).total_seconds()
+    assert GRACE - 60 < grace_left <= GRACE
+    assert (waiting.phase, waiting.settled, waiting.observed_generation) == ("ready", False, 1)
+    assert set(waiting.steps) == set(team_steps.LIVE_STEPS), "the generation's steps are not redone"
+    assert teams.summary(waiting)["in_sync"] is True
+    rotated = h.outbox.sent[-1]
+    assert rotated.to == ("beta-lead@contoso.com",) and rotated.subject.endswith("rotated")
+    assert f"The secondary-key in the Kubernetes Secret beta-api-key in namespace {h.namespace} is new" in rotated.text
+    assert "jsonpath='{.data.secondary-key}'" in rotated.text
+    assert f"primary-key keeps working until {waiting.rotation_retire_at:%Y-%m-%d %H:%M} UTC" in rotated.text
+    assert not leaks({primary, secondary, new_secondary}, rotated.text, rotated.html, json.dumps(
+        h.secret("llm-team-access-beta").metadata.annotations))
+    assert regenerations(h) == ["regenerateSecondaryKey"]
+
+    # Before the grace is over nothing happens, however often the timer runs.
+    h.clock.advance(GRACE - 120)
+    assert h.tick().processed == 0
+    assert apim_keys(h) == (primary, new_secondary) and len(h.outbox.sent) == 2
+
+    # After it: the old key (primary) is regenerated, the Secret written again, the rotation ends.
+    h.clock.advance(121)
+    assert h.tick().outcomes == {"ready": 1}
+    final_primary, final_secondary = apim_keys(h)
+    assert final_primary != primary and final_secondary == new_secondary, "only the new key works"
+    assert secret_keys(h) == (final_primary, final_secondary)
+    done = h.store.get("beta")
+    assert not done.rotating and done.settled and done.phase == "ready" and done.rotation_steps == {}
+    assert done.applied["live-key"] == "secondary" and done.next_attempt_at is None
+    assert teams.status(h.store, "beta")["key_in_use"] == "secondary-key"
+    assert regenerations(h) == ["regenerateSecondaryKey", "regeneratePrimaryKey"]
+    assert len(h.outbox.sent) == 2 and h.tick().due == 0
+    annotations = h.secret("llm-team-access-beta").metadata.annotations
+    assert not any("rotat" in k for k in annotations), "nothing of the rotation is left on the record"
+
+    # The next rotation takes the other turn: the primary (not in use now) first.
+    teams.request_rotation(h.store, "beta", "basic:admin")
+    h.tick()
+    assert apim_keys(h)[1] == final_secondary and apim_keys(h)[0] != final_primary
+    assert "The primary-key in the Kubernetes Secret" in h.outbox.sent[-1].text
+    h.clock.advance(GRACE + 1)
+    h.tick()
+    assert apim_keys(h)[1] != final_secondary and h.store.get("beta").applied["live-key"] == "primary"
+    assert secret_keys(h) == apim_keys(h)
+    assert regenerations(h)[2:] == ["regeneratePrimaryKey", "regenerateSecondaryKey"]
+    # Emails after an odd number of rotations name the key in use.
+    changed = per_model_file().replace("tokensPerMinute: 2000", "tokensPerMinute: 1900")
+    submit(h, catalog, changed)
+    h.tick()
+    assert "jsonpath='{.data.primary-key}'" in h.outbox.sent[-1].text
+
+
+def test_a_rotation_is_asked_for_only_on_a_ready_team_one_at_a_time(harness, catalog):
+    h = harness
+    with pytest.raises(NotFound):
+        teams.request_rotation(h.store, "beta", "basic:admin")
+    submit(h, catalog, per_model_file())
+    with pytest.raises(teams.RotationRefused, match="is not ready"):
+        teams.request_rotation(h.store, "beta", "basic:admin")
+    h.tick()
+    teams.request_rotation(h.store, "beta", "basic:admin")
+    with pytest.raises(teams.RotationRefused, match="has a key rotation that is running"):
+        teams.request_rotation(h.store, "beta", "basic:admin")
+    h.tick()
+    with pytest.raises(teams.RotationRefused, match="is running"):  # waiting out the grace
+        teams.request_rotation(h.store, "beta", "basic:admin")
+
+
+def test_a_new_generation_during_the_grace_does_not_restart_the_rotation(harness, catalog):
+    h = harness
+    submit(h, catalog, per_model_file())
+    h.tick()
+    teams.request_rotation(h.store, "beta", "basic:admin")
+    h.tick()
+    primary, secondary = apim_keys(h)
+
+    changed = per_model_file().replace("tokensPerMinute: 2000", "tokensPerMinute: 1500")
+    assert submit(h, catalog, changed)[1] == "updated"
+    assert h.tick().outcomes == {"ready": 1}, "the new generation is applied at once, not after the grace"
+    middle = h.store.get("beta")
+    assert (middle.generation, middle.observed_generation, middle.settled) == (2, 2, False)
+    assert middle.rotating and middle.next_attempt_at == middle.rotation_retire_at
+    assert apim_keys(h) == (primary, secondary) and regenerations(h) == ["regenerateSecondaryKey"]
+    assert limits_in(stored_policy(h, "product-beta"))["gpt-4o"]["tokens-per-minute"] == "1500"
+    assert [e.subject.rsplit(" ", 1)[-1] for e in h.outbox.sent] == ["provisioned", "rotated", "updated"]
+
+    h.clock.advance(GRACE + 1)
+    h.tick()
+    assert apim_keys(h)[1] == secondary and apim_keys(h)[0] != primary
+    done = h.store.get("beta")
+    assert not done.rotating and done.settled and (done.generation, done.observed_generation) == (2, 2)
+
+
+def test_rotation_failures_are_retried_and_a_failed_rotation_resumes(harness, catalog):
+    h = harness
+    submit(h, catalog, per_model_file())
+    h.tick()
+    primary, secondary = apim_keys(h)
+    teams.request_rotation(h.store, "beta", "basic:admin")
+
+    h.arm.faults.plan("POST subscription/regenerateSecondaryKey", status(503), status(500), status(500))
+    assert h.tick().outcomes == {"ready": 1}
+    retrying = h.store.get("beta")
+    assert retrying.attempts == 1 and "ARM answered 500" in retrying.last_error
+    assert retrying.rotation_steps == {} and apim_keys(h) == (primary, secondary)
+
+    h.arm.faults.plan("POST subscription/regenerateSecondaryKey", status(403, body={"error": {
+        "code": "AuthorizationFailed", "message": "not allowed to regenerate"}}))
+    h.clock.advance(5)
+    assert h.tick().outcomes == {"failed": 1}
+    failed = h.store.get("beta")
+    assert failed.phase == "failed" and failed.settled and failed.rotating
+    assert "AuthorizationFailed" in failed.last_error
+    assert h.tick().due == 0, "a failed rotation waits for a human"
+    assert teams.status(h.store, "beta")["rotation"]["steps"] == {}
+
+    record, outcome = teams.request_rotation(h.store, "beta", "basic:admin")  # POST .../rotate again
+    assert outcome == "resumed" and not record.settled
+    assert h.tick().outcomes == {"ready": 1}
+    resumed = h.store.get("beta")
+    assert set(resumed.steps) == set(team_steps.LIVE_STEPS), "the team was re-applied first"
+    assert resumed.rotated(team_steps.NOTIFIED_ROTATED) and apim_keys(h)[0] == primary
+    assert apim_keys(h)[1] != secondary and secret_keys(h) == apim_keys(h)
+    h.clock.advance(GRACE + 1)
+    h.tick()
+    assert not h.store.get("beta").rotating and apim_keys(h)[0] != primary
+
+
+def test_deleting_a_team_during_its_rotation_removes_everything(harness, catalog):
+    h = harness
+    submit(h, catalog, per_model_file())
+    h.tick()
+    teams.request_rotation(h.store, "beta", "basic:admin")
+    h.tick()
+    teams.request_delete(h.store, "beta", "basic:admin")
+    assert h.tick().outcomes == {"deleted": 1}
+    assert h.service.subscriptions == {} and h.secret("beta-api-key") is None and h.store.get("beta") is None
+    h.clock.advance(GRACE + 1)
+    assert h.tick().due == 0

@@ -5,6 +5,13 @@ that id creates the subscription once and later finds it (its keys unchanged). A
 mapped by status on purpose, so a throttled or briefly unavailable APIM never turns into a
 denial, and a missing product says which product and which service.
 The SDKs are imported on first use (see azure_clients).
+
+A subscription has two keys, and rotation without downtime uses both: `rotate` regenerates the
+key the requester does not use (`apim-live-key` says which one they use: `primary` until the first
+rotation), and `retire`, after the grace, regenerates the one they used. So the roles alternate:
+the first rotation delivers a new secondary and retires the primary, the second a new primary and
+retires the secondary, and at no moment is the key the requester was told to use regenerated
+under them.
 """
 
 from __future__ import annotations
@@ -13,14 +20,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from shared.adapters.azure_clients import DEFAULT_ARM_ENDPOINT, apim_client, default_credential
 from shared.adapters.http_retry import Retryable, parse_retry_after, with_retries
 from shared.config import CatalogModel
-from shared.domain.request import KeyRequest
+from shared.domain.request import KeyRequest, utcnow
 from shared.services.ports import BackendError, Credentials, PermanentError, TransientError
 
 if TYPE_CHECKING:
@@ -35,6 +42,17 @@ REF_PRODUCT = "apim-product-id"
 REF_EXPIRES = "apim-subscription-expires"
 SECRET_PRIMARY = "apim-primary-key"
 SECRET_SECONDARY = "apim-secondary-key"
+REF_LIVE_KEY = "apim-live-key"  # the key the requester was told to use: primary (absent) or secondary
+REF_ROTATED_AT = "apim-rotated-at"  # this rotation's new key was made (and recorded) at
+# What retire replaces; every other `apim-` reference (the processor's own) is passed through.
+_KEY_REFERENCES = (REF_SUBSCRIPTION, REF_PRODUCT, REF_EXPIRES, REF_LIVE_KEY, REF_ROTATED_AT)
+
+Slot = Literal["primary", "secondary"]
+SECRET_OF: dict[Slot, str] = {"primary": SECRET_PRIMARY, "secondary": SECRET_SECONDARY}
+
+
+def other_slot(slot: Slot) -> Slot:
+    return "secondary" if slot == "primary" else "primary"
 
 DISPLAY_NAME_MAX = 100  # APIM's limit for a subscription's displayName
 
@@ -54,8 +72,9 @@ class ApimService:
                  base_url: str = DEFAULT_ARM_ENDPOINT, credential: TokenCredential | None = None,
                  managed_identity_client_id: str | None = None, ca_bundle: Path | str | None = None,
                  timeout_seconds: float = 10.0, quick_retries: int = 2, max_inline_wait: float = 5.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], datetime] = utcnow) -> None:
         self._sleep = sleep
+        self._clock = clock
         self._azure_subscription = subscription_id
         self._resource_group = resource_group
         self._service = service_name
@@ -96,6 +115,28 @@ class ApimService:
              on_missing: Callable[[str], BackendError] | None) -> T:
         return call_arm(f"APIM {what}", call, on_missing, timeout=self._timeout,
                         retries=self._quick_retries, max_wait=self._max_inline_wait, sleep=self._sleep)
+
+    def _regenerate(self, sid: str, slot: Slot, on_missing: Callable[[str], BackendError]) -> None:
+        """ARM `regeneratePrimaryKey` / `regenerateSecondaryKey` (POST, 204): a new random value
+        for that key of the subscription; the other key is untouched."""
+        client = self._apim()
+        rg, service = self._resource_group, self._service
+        if slot == "primary":
+            self._run(f"regenerate the primary key of subscription {sid}",
+                      lambda: client.subscription.regenerate_primary_key(rg, service, sid), on_missing=on_missing)
+        else:
+            self._run(f"regenerate the secondary key of subscription {sid}",
+                      lambda: client.subscription.regenerate_secondary_key(rg, service, sid), on_missing=on_missing)
+
+    def _keys(self, sid: str, on_missing: Callable[[str], BackendError]) -> tuple[str, str]:
+        """(primary, secondary) of the subscription, through `listSecrets` (a GET carries no key)."""
+        client = self._apim()
+        keys = self._run(f"read keys of subscription {sid}",
+                         lambda: client.subscription.list_secrets(self._resource_group, self._service, sid),
+                         on_missing=on_missing)
+        if not keys.primary_key or not keys.secondary_key:
+            raise TransientError(f"APIM returned no keys for subscription {sid}")
+        return keys.primary_key, keys.secondary_key
 
 
 class ApimProvisioner(ApimService):
@@ -177,6 +218,93 @@ class ApimProvisioner(ApimService):
                         "(request %s)", sid, self._service, _arm_message(exc), request.id)
             return
         log.info("APIM subscription %s deleted (request %s)", sid, request.id)
+
+    # --- the key's life ------------------------------------------------------------------------------
+
+    def extend(self, request: KeyRequest, model: CatalogModel, recorded: Credentials) -> Credentials:
+        """PATCH the subscription's `expirationDate` to the renewal request's time plus the model's
+        `expires_after_days`: never "now", so a retry sets the same date. A model whose
+        subscriptions do not expire returns no expiry and changes nothing."""
+        from azure.mgmt.apimanagement.models import SubscriptionUpdateParameters
+
+        grant = model.provisioning.apim
+        if grant is None:
+            raise PermanentError(f"model {model.id} has no apim.product_id in config.yaml")
+        if not grant.expires_after_days:
+            return Credentials()
+        if request.renew_requested_at is None:
+            raise PermanentError(f"request {request.id} has no renewal requested; nothing to extend")
+        sid = self._sid(request, recorded)
+        expires = request.renew_requested_at + timedelta(days=grant.expires_after_days)
+        client = self._apim()
+        update = SubscriptionUpdateParameters(expiration_date=expires)
+        self._run(f"set expiry of subscription {sid}",
+                  lambda: client.subscription.update(self._resource_group, self._service, sid, "*", update,
+                                                     notify=False),
+                  on_missing=self._gone(sid, "renewed"))
+        log.info("APIM subscription %s renewed until %s (request %s)", sid, expires.isoformat(), request.id)
+        return Credentials(references={REF_EXPIRES: expires.isoformat()})
+
+    def prepare_rotation(self, request: KeyRequest, model: CatalogModel, recorded: Credentials) -> Credentials:
+        return Credentials()  # APIM chooses the new key's value; the subscription stays
+
+    def rotate(self, request: KeyRequest, model: CatalogModel, recorded: Credentials) -> Credentials:
+        """Regenerate the key the requester does not use (the secondary, until the first rotation
+        is retired; see the module's note), read it with `listSecrets`, and return it as the one
+        secret to deliver, with `apim-rotated-at`.
+
+        Crash safety: ARM gives no way to regenerate "once", so the value is only fixed once it is
+        recorded. A crash before that reruns this and regenerates again: harmless, since nobody
+        was told the value that was replaced. Once `apim-rotated-at` is recorded, this never
+        regenerates again: it re-reads the key made then (so a retry can never change the key
+        after its email went out). The same re-read, made after a regenerate call that went
+        unanswered (TransientError `in_flight`) may still land at ARM, picks up its value."""
+        sid = self._sid(request, recorded)
+        slot = other_slot(_live(recorded))
+        rotated_at = recorded.references.get(REF_ROTATED_AT)
+        if rotated_at is None:
+            self._regenerate(sid, slot, on_missing=self._gone(sid, "rotated"))
+            rotated_at = self._clock().isoformat()
+            log.info("APIM subscription %s: %s key regenerated (request %s)", sid, slot, request.id)
+        primary, secondary = self._keys(sid, on_missing=self._gone(sid, "rotated"))
+        return Credentials(secrets={SECRET_OF[slot]: primary if slot == "primary" else secondary},
+                           references={REF_ROTATED_AT: rotated_at})
+
+    def retire(self, request: KeyRequest, recorded: Credentials) -> Credentials:
+        """After the grace: regenerate the key the requester used until the rotation, so only the
+        key delivered by `rotate` works (on the first rotation: the primary is regenerated, and
+        the secondary is the requester's only known key). Returns the subscription's record with
+        that key as `apim-live-key` and no secret (neither key is kept; the requester has the
+        live one); every other `apim-` reference recorded (the processor's own) is passed through.
+        Regenerating twice (a crash before the result is recorded) is harmless: nobody knows the
+        retired key's new value."""
+        if REF_ROTATED_AT not in recorded.references:
+            raise PermanentError(f"APIM: no rotation in progress for request {request.id}; nothing to retire")
+        sid = self._sid(request, recorded)
+        retired = _live(recorded)
+        self._regenerate(sid, retired, on_missing=self._gone(sid, "retired"))
+        log.info("APIM subscription %s: %s key regenerated; the %s key is the only one known (request %s)",
+                 sid, retired, other_slot(retired), request.id)
+        references = {k: v for k, v in recorded.references.items() if k not in _KEY_REFERENCES}
+        references.update({REF_SUBSCRIPTION: sid, REF_LIVE_KEY: other_slot(retired)})
+        for name in (REF_PRODUCT, REF_EXPIRES):
+            if recorded.references.get(name):
+                references[name] = recorded.references[name]
+        return Credentials(references=references)
+
+    def _sid(self, request: KeyRequest, recorded: Credentials) -> str:
+        return recorded.references.get(REF_SUBSCRIPTION) or subscription_id(request)
+
+    def _gone(self, sid: str, what: str) -> Callable[[str], BackendError]:
+        def missing(arm: str) -> BackendError:
+            # Deleted outside the app (or the service is gone): there is no key to keep alive.
+            return PermanentError(f"APIM subscription {sid} not found in service {self._service}; it cannot be "
+                                  f"{what}: {arm}")
+        return missing
+
+
+def _live(recorded: Credentials) -> Slot:
+    return "secondary" if recorded.references.get(REF_LIVE_KEY) == "secondary" else "primary"
 
 
 def call_arm(label: str, call: Callable[[], T], on_missing: Callable[[str], BackendError] | None, *,

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from shared.adapters.apim import ApimService, _arm_message  # one client and error mapping for every APIM call
+from shared.adapters.apim import ApimService, Slot, _arm_message  # one client and error mapping for every APIM call
 from shared.services.ports import BackendError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,14 @@ class ApimTeamProducts(ApimService):
         if not keys.primary_key or not keys.secondary_key:
             raise TransientError(f"APIM returned no keys for subscription {sid}")
         return keys.primary_key, keys.secondary_key
+
+    def regenerate_key(self, sid: str, slot: Slot) -> None:
+        """regeneratePrimaryKey / regenerateSecondaryKey (the team's key rotation); the other key is
+        untouched. A subscription that is not there (deleted by hand) is permanent: retrying the
+        rotation re-applies the team first, which creates it again."""
+        self._regenerate(sid, slot, on_missing=lambda arm: PermanentError(
+            f"subscription {sid} not found in APIM service {self._service}; its keys cannot be rotated: {arm}"))
+        log.info("APIM subscription %s: %s key regenerated", sid, slot)
 
     def delete_subscription(self, sid: str) -> None:
         client = self._apim()

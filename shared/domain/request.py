@@ -109,8 +109,18 @@ class KeyRequest:
     lease_until: datetime | None = None
     # identifiers of issued access in the backends (key alias, subscription id): not secret
     references: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    # issued keys: kept only in the Secret's data, never printed
+    # issued keys: kept only in the Secret's data, never printed, erased once delivered
     secrets: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    # the key's life once active: when it stops working (the earliest expiry a backend reported),
+    # when the timer next has work for it (a reminder, the expiry, the end of a rotation's grace),
+    # and what the requester or an admin asked for (renewal, rotation), by whom
+    expires_at: datetime | None = None
+    due_at: datetime | None = None
+    renew_requested_at: datetime | None = None
+    rotate_requested_at: datetime | None = None
+    lifecycle_requested_by: str | None = None
+    # requester links already used (token id -> when): each link acts once
+    links_used: Mapping[str, datetime] = dataclasses.field(default_factory=dict)
     # the store's optimistic-concurrency token; None for a request not yet stored
     resource_version: str | None = None
 

@@ -24,6 +24,8 @@ import dataclasses
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+from shared.domain import lifecycle
+from shared.domain.lifecycle import Life
 from shared.domain.request import KeyRequest, State
 
 # The named steps, each done by one function of the processor (see STEPS there).
@@ -39,11 +41,17 @@ ENTER_REVOKED = "enter-revoked"
 ENTER_FAILED = "enter-failed"
 NOTIFY_DENIED = "notify-denied"
 NOTIFY_FAILED = "notify-failed"
+NOTIFY_REVOKED = "notify-revoked"
 SETTLE = "settle"
 
 STEP_NAMES = (DECIDE, NOTIFY_REVIEW, MODEL_GONE, PREPARE, ISSUE, NOTIFY_APPROVED, REVOKE, FORGET,
-              ENTER_REVOKED, ENTER_FAILED, NOTIFY_DENIED, NOTIFY_FAILED, SETTLE)
-PER_BACKEND = frozenset({PREPARE, ISSUE, REVOKE, FORGET})
+              ENTER_REVOKED, ENTER_FAILED, NOTIFY_DENIED, NOTIFY_FAILED, NOTIFY_REVOKED, SETTLE,
+              *lifecycle.STEP_NAMES)
+PER_BACKEND = frozenset({PREPARE, ISSUE, REVOKE, FORGET, lifecycle.EXTEND, lifecycle.PREPARE_ROTATION,
+                         lifecycle.ROTATE, lifecycle.RETIRE})
+# Who a self-service action (a link in an email) is recorded as (decided-by): the admins are told
+# of a revoke the requester made.
+REQUESTER = "link:requester"
 
 # Reference names, per backend.
 REACHED_NO, REACHED_MAYBE, REACHED_YES = "no", "maybe", "yes"
@@ -73,6 +81,7 @@ def issued_step(backend: str) -> str:
 class Next:
     step: str
     backend: str | None = None
+    days: int = 0  # a reminder's days before the expiry
 
     @property
     def name(self) -> str:
@@ -103,12 +112,16 @@ def revoke_failures(request: KeyRequest) -> dict[str, str]:
             if revoke_failed_ref(backend) in request.references}
 
 
-def next_step(request: KeyRequest, backends: tuple[str, ...] | None, now: datetime) -> Next | None:
+def next_step(request: KeyRequest, backends: tuple[str, ...] | None, now: datetime,
+              life: Life = lifecycle.DEFAULT_LIFE) -> Next | None:
     """The next step for `request`, or None when its state's work is done for now.
 
     `backends` are the model's backends from the catalog (None: the model is no longer in it).
     """
     state = request.state
+    if state == State.ACTIVE:  # settled once delivered; its life is driven by due_at, not by settled
+        due = lifecycle.next_step(request, _live_backends(request, backends), now, life)
+        return Next(due.step, due.backend or None, due.days) if due else None
     if request.settled == state:
         return None
     if state == State.PENDING:
@@ -117,14 +130,22 @@ def next_step(request: KeyRequest, backends: tuple[str, ...] | None, now: dateti
         return Next(SETTLE) if request.done("notified-review") else Next(NOTIFY_REVIEW)
     if state == State.APPROVED:
         return _provisioning(request, backends)
-    if state in (State.DENIED, State.REVOKING, State.FAILED):
+    if state in (State.DENIED, State.REVOKING, State.FAILED, State.EXPIRED):
         return _cleanup(request)
-    return None  # active, revoked, expired: nothing to do
+    return None  # revoked: nothing to do
+
+
+def _live_backends(request: KeyRequest, backends: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The backends an active key lives in: the catalog's, or what is recorded if the model left it."""
+    return backends if backends is not None else tuple(prepared_backends(request))
 
 
 def _provisioning(request: KeyRequest, backends: tuple[str, ...] | None) -> Next:
     if backends is None:
         return Next(MODEL_GONE)
+    if request.renew_requested_at is not None:  # a renewal an admin approved: the same key, extended
+        due = lifecycle.renewal(request, backends)
+        return Next(due.step, due.backend or None)
     for backend in backends:
         if request.references.get(prepared_ref(backend)) != "true":
             return Next(PREPARE, backend)
@@ -140,7 +161,11 @@ def _cleanup(request: KeyRequest) -> Next:
             continue  # given up: recorded for the admins, never retried by itself
         return Next(REVOKE, backend) if may_hold(request, backend) else Next(FORGET, backend)
     if request.state == State.REVOKING:
+        if request.decided_by == REQUESTER and not request.done("notified-revoked"):
+            return Next(NOTIFY_REVOKED)  # the requester revoked it: the admins are told
         return Next(ENTER_FAILED) if failures else Next(ENTER_REVOKED)
+    if request.state == State.EXPIRED:
+        return Next(SETTLE) if request.done("notified-expired") else Next(lifecycle.NOTIFY_EXPIRED)
     if request.state == State.DENIED:
         if not request.done("notified-denied"):
             return Next(NOTIFY_DENIED)

@@ -14,11 +14,11 @@ import azure.functions as func
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared import context
-from shared.domain.request import KeyRequest, State
+from shared.domain.request import KeyRequest, State, utcnow
 from shared.http.auth import Principal, authenticate
 from shared.http.body import read_json
 from shared.http.responses import HttpError, handles_errors, json_response
-from shared.services import review
+from shared.services import lifecycle, review
 from shared.services.ports import InvalidArgument
 
 bp = func.Blueprint()
@@ -47,11 +47,16 @@ def summary(request: KeyRequest) -> dict[str, Any]:
             "updated_at": request.updated_at.isoformat()}
 
 
+def listed(request: KeyRequest) -> dict[str, Any]:
+    """A row of the admin list: the panel's fields, and when the key stops working."""
+    return {**summary(request), "expires_at": request.expires_at.isoformat() if request.expires_at else None}
+
+
 def detail(request: KeyRequest) -> dict[str, Any]:
     def when(value):
         return value.isoformat() if value else None
 
-    return {**summary(request), "decision": request.decision, "reason": request.reason,
+    return {**listed(request), "decision": request.decision, "reason": request.reason,
             "decided_by": request.decided_by, "decided_at": when(request.decided_at),
             "attempts": request.attempts, "last_error": request.last_error,
             "next_attempt_at": when(request.next_attempt_at),
@@ -106,7 +111,7 @@ def admin_list_requests(req: func.HttpRequest) -> func.HttpResponse:
                         [{"field": "continue", "reason": "not recognised"}]) from None
     items.sort(key=lambda r: r.created_at, reverse=True)
     headers = {CONTINUE_HEADER: token} if token else {}
-    return json_response([summary(r) for r in items], headers=headers)
+    return json_response([listed(r) for r in items], headers=headers)
 
 
 @bp.function_name("admin_get_request")
@@ -148,3 +153,31 @@ def admin_deny_request(req: func.HttpRequest) -> func.HttpResponse:
 @handles_errors
 def admin_revoke_request(req: func.HttpRequest) -> func.HttpResponse:
     return _act(req, "revoke", DecisionBody)
+
+
+def _lifecycle(req: func.HttpRequest, action: lifecycle.Action) -> func.HttpResponse:
+    """Renew or rotate an active key for its requester, as the requester's own link does."""
+    principal = _caller(req)
+    body = read_json(req, DecisionBody, allow_empty=True)
+    try:
+        request = lifecycle.ask(context.request_store(), req.route_params["request_id"], action,
+                                principal.audit_name, utcnow(), reason=body.reason)
+    except review.AlreadyDecided as exc:  # NotActive, InProgress
+        raise HttpError(409, str(exc), {"state": exc.request.state.value}) from None
+    return json_response({"success": True, "request_id": request.id, "state": request.state.value,
+                          "message": f"{'Renewal' if action == 'renew' else 'Rotation'} of request {request.id} "
+                                     "recorded; the next timer tick does the rest"})
+
+
+@bp.function_name("admin_renew_request")
+@bp.route(route="api/admin/requests/{request_id}/renew", methods=["POST"], auth_level=ANONYMOUS)
+@handles_errors
+def admin_renew_request(req: func.HttpRequest) -> func.HttpResponse:
+    return _lifecycle(req, "renew")
+
+
+@bp.function_name("admin_rotate_request")
+@bp.route(route="api/admin/requests/{request_id}/rotate", methods=["POST"], auth_level=ANONYMOUS)
+@handles_errors
+def admin_rotate_request(req: func.HttpRequest) -> func.HttpResponse:
+    return _lifecycle(req, "rotate")

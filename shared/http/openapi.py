@@ -72,7 +72,7 @@ def _admin_paths() -> dict[str, Any]:
                                           operationId="adminVerify")},
         "/api/admin/requests": {"get": _op(
             "List requests (a JSON array; the next page's token in the X-Continue-Token header)",
-            {"200": "an array of {request_id, email, model, state, created_at, updated_at}",
+            {"200": "an array of {request_id, email, model, state, created_at, updated_at, expires_at}",
              "401": "not authenticated", "422": "bad filter, state, limit or continue token"},
             operationId="adminListRequests", parameters=[
                 {"name": "filter", "in": "query", "schema": {"enum": ["pending", "review", "all"]}},
@@ -86,7 +86,38 @@ def _admin_paths() -> dict[str, Any]:
         **{f"/api/admin/requests/{{request_id}}/{action}": {"post": _op(
             f"{action.capitalize()} a request", acted, operationId=f"admin{action.capitalize()}Request",
             parameters=_ID, requestBody=decision)} for action in ("approve", "deny", "revoke")},
+        **{f"/api/admin/requests/{{request_id}}/{action}": {"post": _op(
+            summary, {**acted, "409": f"not active, or a {noun} is already in progress"},
+            operationId=f"admin{action.capitalize()}Request", parameters=_ID, requestBody=decision)}
+           for action, noun, summary in (
+               ("renew", "renewal", "Renew an active key: the same key, a new expiry, after the rules agree again"),
+               ("rotate", "rotation", "Rotate an active key: a new key is emailed, the old one stops after "
+                                      "provisioning.rotation_grace"))},
     }
+
+
+def _link_paths() -> dict[str, Any]:
+    token = [{"name": "token", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{83}$"},
+              "description": "the signed, single-use token of a link in an email"}]
+
+    def html_page(text: str) -> dict[str, Any]:
+        return {"description": text, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+    problems = {"400": html_page("not a link of ours (cut short, mistyped)"),
+                "403": html_page("not signed by this app, or (POST) an Origin other than PUBLIC_BASE_URL's"),
+                "404": html_page("the request no longer exists"),
+                "409": html_page("nothing to do: the key is not active, or the same ask is under way"),
+                "410": html_page("the link expired, or was used already")}
+    return {"/api/links/{token}": {
+        "get": {"operationId": "linkPage", "parameters": token,
+                "summary": "The page a requester link opens: what will happen, and one button. Changes nothing",
+                "responses": {"200": html_page("the confirmation page"), **problems}},
+        "post": {"operationId": "linkAct", "parameters": token,
+                 "summary": "The confirmation page's button: renews, rotates or revokes the key, or asks again, once",
+                 "responses": {"200": html_page("done; the next timer tick does the rest"), **problems,
+                               "422": html_page("request-again: the model or address is no longer accepted")}},
+    }}
 
 
 def _team_paths() -> dict[str, Any]:
@@ -120,6 +151,13 @@ def _team_paths() -> dict[str, Any]:
                                                             "404": "no such team"},
                        operationId="getTeam", parameters=_TEAM),
         },
+        "/api/teams/{name}/rotate": {"post": _op(
+            "Rotate a team's keys without downtime: the key not in use is regenerated and written to "
+            "{team}-api-key, the owner is told to switch, and the other key is regenerated after "
+            "provisioning.rotation_grace (no body; never answers a key)",
+            {"202": "requested (or a failed rotation resumed); the timer does it", "401": "not authenticated",
+             "404": "no such team", "409": "the team is not ready, or a rotation is already running"},
+            operationId="rotateTeamKeys", parameters=_TEAM)},
     }
 
 
@@ -166,7 +204,7 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "LLM key requestor", "version": "1.0.0",
                  "description": "Ask for a key to a large language model; get it by email once approved."},
-        "paths": {**_public_paths(), **_admin_paths(), **_team_paths()},
+        "paths": {**_public_paths(), **_admin_paths(), **_link_paths(), **_team_paths()},
         "components": {"schemas": components, "securitySchemes": _SECURITY},
     }
 

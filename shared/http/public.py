@@ -74,4 +74,5 @@ def request_status(req: func.HttpRequest) -> func.HttpResponse:
         "created_at": request.created_at.isoformat(),
         "updated_at": request.updated_at.isoformat(),
         "reason": request.reason if request.state.value in ("denied", "failed", "revoked") else None,
+        "expires_at": request.expires_at.isoformat() if request.expires_at else None,
     })

@@ -31,6 +31,7 @@ class RequestStatus(BaseModel):
     created_at: datetime
     updated_at: datetime
     reason: str | None = Field(None, description="why it was denied or failed, when it was")
+    expires_at: datetime | None = Field(None, description="when the key stops working, once it is issued")
 
 
 class ModelInfo(BaseModel):

@@ -13,6 +13,10 @@ read its status. One Functions function per endpoint.
   its state, its last sync and the source path and commit it came from: what
   `python -m shared.teams sync` compares a folder with. `DELETE ...?dryRun=true` answers the
   plan of a deletion and changes nothing.
+- `POST /api/teams/{name}/rotate`: admin; the timer rotates the team's keys without downtime (the
+  unused key is regenerated and written to `{team}-api-key`, the owner is told to switch, and the
+  other key is regenerated after `provisioning.rotation_grace`). 202; 404 for an unknown team;
+  409 unless the team is ready and no rotation runs (a failed rotation is resumed).
 
 The body is the access.yaml text (`Content-Type: application/yaml` or `text/yaml`, the file's
 path optionally in `?path=` and its git commit in `?commit=`), or JSON `{"path": ..., "content":
@@ -211,6 +215,32 @@ def teams_delete(req: func.HttpRequest) -> func.HttpResponse:
                           "plan": deletion(record, context.team_api_ids()).as_dict(),
                           "message": f"Team {name} will be removed by the next timer tick: its subscription, "
                                      "product, keys Secret and workspaces"}, 202)
+
+
+@bp.function_name("teams_rotate")
+@bp.route(route="api/teams/{name}/rotate", methods=["POST"], auth_level=ANONYMOUS)
+@handles_errors
+def teams_rotate(req: func.HttpRequest) -> func.HttpResponse:
+    """Record a key rotation for the timer; no body. Never answers a key."""
+    from shared.services.ports import NotFound
+
+    principal = authenticate(req, context.settings())
+    name = _team_param(req)
+    teams = _teams()
+    try:
+        record, outcome = teams.request_rotation(context.team_store(), name, principal.audit_name)
+    except NotFound:
+        raise HttpError(404, f"No team named {name}") from None
+    except teams.RotationRefused as exc:
+        raise HttpError(409, str(exc)) from None
+    grace = context.config().provisioning.rotation_grace
+    message = (f"Key rotation of team {name} {'resumed' if outcome == 'resumed' else 'requested'}: the next timer "
+               f"tick regenerates the key not in use and tells the owner; the key in use keeps working for "
+               f"{grace} after that")
+    return json_response({"team": name, "outcome": outcome, "phase": record.phase,
+                          "requested_at": record.rotate_requested_at.isoformat() if record.rotate_requested_at
+                          else None, "rotation_grace": grace, "message": message},
+                         202, {"Location": f"/api/teams/{name}"})
 
 
 @bp.function_name("teams_list")

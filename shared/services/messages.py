@@ -26,7 +26,7 @@ from shared.services.ports import Email
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
-TeamEvent = Literal["provisioned", "updated", "removed"]
+TeamEvent = Literal["provisioned", "updated", "removed", "rotated"]
 
 DEFAULT_SUBJECTS: Mapping[str, str] = {
     "approved": "{product}: your key for {model} is ready",
@@ -35,6 +35,11 @@ DEFAULT_SUBJECTS: Mapping[str, str] = {
     "failed": "{product}: request {request_id} for {model} failed",
     "undeliverable": "{product}: the {email_kind} email for request {request_id} could not be delivered",
     "team": "{product}: access for team {team} {event}",
+    "reminder": "{product}: your key for {model} expires in {days} day{plural}",
+    "expired": "{product}: your key for {model} has expired",
+    "renewed": "{product}: your key for {model} has been renewed",
+    "rotated": "{product}: your new key for {model}",
+    "revoked-by-requester": "{product}: {email} revoked their key for {model}",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
@@ -127,24 +132,29 @@ def _curl(base_url: str, label: str, key: str, model_name: str) -> str:
             f"  -d '{body}'")
 
 
-def approved_email(request: KeyRequest, model: CatalogModel, api_keys: Mapping[str, str],
-                   base_url: str | None, expires_at: datetime | None,
-                   notifications: Notifications) -> Email:
-    """The requester's key(s) and how to use them. `api_keys` maps a label (the backend) to a key."""
-    if not api_keys:
-        raise ValueError("approved_email needs at least one key")
+def _usage(model: CatalogModel, api_keys: Mapping[str, str], base_url: str | None) -> dict[str, Any]:
+    """What the key emails show about using the key(s): base URL, model names, limits, a curl line."""
     model_names = list(model.provisioning.litellm.models) or [model.id]
     root = (base_url or "").rstrip("/")
     first_label, first_key = next(iter(api_keys.items()))
-    context = _common(notifications) | {
+    return {"keys": list(api_keys.items()), "base_url": root, "model_names": model_names,
+            "limits": _limits(model), "curl": _curl(root, first_label, first_key, model_names[0])}
+
+
+def approved_email(request: KeyRequest, model: CatalogModel, api_keys: Mapping[str, str],
+                   base_url: str | None, expires_at: datetime | None,
+                   notifications: Notifications, *, rotate_url: str | None = None,
+                   revoke_url: str | None = None) -> Email:
+    """The requester's key(s) and how to use them. `api_keys` maps a label (the backend) to a key.
+    `rotate_url` / `revoke_url` (LinkMaker.url): the requester's own "replace it" and "it leaked" links."""
+    if not api_keys:
+        raise ValueError("approved_email needs at least one key")
+    context = _common(notifications) | _usage(model, api_keys, base_url) | {
         "request": request,
         "model": model,
-        "keys": list(api_keys.items()),
-        "base_url": root,
-        "model_names": model_names,
-        "limits": _limits(model),
         "expires": _when(expires_at),
-        "curl": _curl(root, first_label, first_key, model_names[0]),
+        "rotate_url": rotate_url,
+        "revoke_url": revoke_url,
     }
     text, html = _render("approved", **context)
     return Email(
@@ -165,7 +175,103 @@ def denied_email(request: KeyRequest, notifications: Notifications) -> Email:
     )
 
 
+def _model_subject(kind: SubjectKind, request: KeyRequest, model: CatalogModel, notifications: Notifications,
+                   **values: object) -> str:
+    return subject(kind, notifications, model=model.title, model_id=model.id, email=request.email,
+                   request_id=request.id, **values)
+
+
+def reminder_email(request: KeyRequest, model: CatalogModel, days_left: int, renew_url: str | None,
+                   notifications: Notifications) -> Email:
+    """Before expiry (`notifications.expiry_reminders_days`): when the key stops working, and the link
+    that renews it (None: no link, the email says to ask the platform team). One message per
+    reminder day: `<id>-reminder-<days_left>`."""
+    context = _common(notifications) | {"request": request, "model": model, "days": days_left,
+                                        "expires": _when(request.expires_at), "renew_url": renew_url}
+    text, html = _render("reminder", **context)
+    return Email(
+        to=(request.email,),
+        subject=_model_subject("reminder", request, model, notifications, days=days_left,
+                               plural="" if days_left == 1 else "s"),
+        text=text, html=html, idempotency_key=f"{request.id}-reminder-{days_left}",
+    )
+
+
+def expired_email(request: KeyRequest, model: CatalogModel | None, request_again_url: str | None,
+                  notifications: Notifications) -> Email:
+    """The key stopped working; one click asks for a new one (a new request, approved as before).
+    `model` None: no longer in the catalog (then no link is offered: a new request would be refused)."""
+    title = model.title if model is not None else request.model
+    context = _common(notifications) | {"request": request, "title": title, "expires": _when(request.expires_at),
+                                        "request_again_url": request_again_url if model is not None else None}
+    text, html = _render("expired", **context)
+    return Email(
+        to=(request.email,),
+        subject=subject("expired", notifications, model=title, model_id=request.model, email=request.email,
+                        request_id=request.id),
+        text=text, html=html, idempotency_key=f"{request.id}-expired",
+    )
+
+
+def _stamp(moment: datetime | None) -> str:
+    if moment is None:
+        return "none"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return str(int(moment.timestamp()))
+
+
+def renewed_email(request: KeyRequest, model: CatalogModel, notifications: Notifications) -> Email:
+    """The same key keeps working, until the new `request.expires_at`. One message per renewal: the
+    idempotency key carries the new expiry (`<id>-renewed-<unix seconds>`)."""
+    context = _common(notifications) | {"request": request, "model": model, "expires": _when(request.expires_at)}
+    text, html = _render("renewed", **context)
+    stamp = _stamp(request.expires_at or request.renew_requested_at)
+    return Email(
+        to=(request.email,),
+        subject=_model_subject("renewed", request, model, notifications),
+        text=text, html=html, idempotency_key=f"{request.id}-renewed-{stamp}",
+    )
+
+
+def rotated_email(request: KeyRequest, model: CatalogModel, keys: Mapping[str, str], grace_until: datetime,
+                  notifications: Notifications, *, base_url: str | None = None,
+                  generation: int | str | None = None, rotate_url: str | None = None,
+                  revoke_url: str | None = None) -> Email:
+    """The new key(s) of a rotation; the previous key keeps working until `grace_until`, then stops.
+    `keys` maps a label (the backend) to a key, as in approved_email. The idempotency key is
+    `<id>-rotated-<generation>`; without `generation`, the rotation is named by `rotate_requested_at`."""
+    if not keys:
+        raise ValueError("rotated_email needs at least one key")
+    if generation is None:
+        if request.rotate_requested_at is None:
+            raise ValueError("rotated_email needs a generation, or a request with rotate_requested_at")
+        generation = _stamp(request.rotate_requested_at)
+    context = _common(notifications) | _usage(model, keys, base_url) | {
+        "request": request, "model": model, "grace_until": _when(grace_until),
+        "expires": _when(request.expires_at), "rotate_url": rotate_url, "revoke_url": revoke_url,
+    }
+    text, html = _render("rotated", **context)
+    return Email(
+        to=(request.email,),
+        subject=_model_subject("rotated", request, model, notifications),
+        text=text, html=html, idempotency_key=f"{request.id}-rotated-{generation}",
+    )
+
+
 # --- reviewers and admins ---------------------------------------------------------------------
+
+
+def revoked_by_requester_email(request: KeyRequest, notifications: Notifications, admins: Sequence[str]) -> Email:
+    """Tells admins a requester revoked their own key (the "my key leaked" link)."""
+    context = _staff_context(request, notifications) | {"decided": _when(request.decided_at)}
+    text, html = _render("revoked_by_requester", **context)
+    return Email(
+        to=tuple(admins),
+        subject=subject("revoked-by-requester", notifications, model=request.model, model_id=request.model,
+                        email=request.email, request_id=request.id),
+        text=text, html=html, idempotency_key=f"{request.id}-revoked-by-requester",
+    )
 
 
 def _staff_context(request: KeyRequest, notifications: Notifications) -> dict[str, Any]:
@@ -239,14 +345,18 @@ def team_email(event: TeamEvent, team: str, owner: str, details: Mapping[str, An
                notifications: Notifications) -> Email:
     """Tells a team's owner what its access now is. `details` is plain data, never a key:
     `models` (names, or mappings with `name` and limits), `limits` (team-wide), `secret_name`,
-    `namespace`, `gateway_url`, and any other scalar shown as a labelled row. The idempotency key
-    hashes the details, so a re-send of one change is one message and the next change is another."""
-    if event not in ("provisioned", "updated", "removed"):
+    `namespace`, `gateway_url`, `key_name` (the Secret's key in use), and any other scalar shown as
+    a labelled row; "rotated" also `new_key`, `old_key` and `retire_at` (when the old key stops
+    working). The idempotency key hashes the details, so a re-send of one change is one message
+    and the next change is another."""
+    if event not in ("provisioned", "updated", "removed", "rotated"):
         raise ValueError(f"unknown team event {event!r}")
     fingerprint = hashlib.sha256(
         json.dumps([event, team, owner, details], sort_keys=True, default=str).encode()
     ).hexdigest()[:16]
-    shown = {"models", "limits", "secret_name", "namespace", "gateway_url"}
+    shown = {"models", "limits", "secret_name", "namespace", "gateway_url", "key_name", "new_key", "old_key",
+             "retire_at"}
+    retire_at = details.get("retire_at")
     context = _common(notifications) | {
         "event": event,
         "team": team,
@@ -256,6 +366,12 @@ def team_email(event: TeamEvent, team: str, owner: str, details: Mapping[str, An
         "secret_name": details.get("secret_name"),
         "namespace": details.get("namespace"),
         "gateway_url": (details.get("gateway_url") or "").rstrip("/"),
+        # the Secret's key to read: the one in use (keys rotate in turns), and for "rotated" the
+        # new one, the one it replaces and when that stops working
+        "key_name": details.get("key_name") or "primary-key",
+        "new_key": details.get("new_key") or "secondary-key",
+        "old_key": details.get("old_key") or "primary-key",
+        "retire_at": _when(retire_at) if isinstance(retire_at, datetime) else retire_at,
         "extra": _rows({k: v for k, v in details.items() if k not in shown}),
     }
     text, html = _render("team", **context)

@@ -6,6 +6,7 @@ cases know only this module and the domain, so they run the same against real se
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Protocol
@@ -54,6 +55,10 @@ class RequestStore(Protocol):
              continue_token: str | None = None, unsettled_only: bool = False) -> tuple[list[KeyRequest], str | None]:
         """Requests in the given states (all when empty), a page at a time; `unsettled_only`
         (with one state) leaves out those whose work for that state is done."""
+
+    def list_due(self, days: tuple[str, ...], limit: int | None = None,
+                 continue_token: str | None = None) -> tuple[builtins.list[KeyRequest], str | None]:
+        """Active requests whose next lifecycle work falls on one of `days` (YYYY-MM-DD, UTC)."""
 
 
 # --- provisioning and notification -----------------------------------------------------------
@@ -116,7 +121,33 @@ class Provisioner(Protocol):
         """Create the access (or find it already created from `prepared`); return everything to record."""
 
     def revoke(self, request: KeyRequest, recorded: Credentials) -> None:
-        """Remove the access; already gone counts as success."""
+        """Remove the access; already gone counts as success. Works from references alone: the
+        plain key is erased from the Secret once it was delivered."""
+
+    # --- the key's life (shared/domain/request_steps.py: renewal and rotation) ---------------------
+
+    def extend(self, request: KeyRequest, model: CatalogModel, recorded: Credentials) -> Credentials:
+        """Give the same key the model's full lifetime again, counted from the renewal request
+        (`request.renew_requested_at`): LiteLLM `/key/update` with a new `duration`, APIM the
+        subscription's `expirationDate`. No new key, no downtime. Idempotent. Returns the
+        references to record (the new expiry, `{backend}-...-expires`)."""
+
+    def prepare_rotation(self, request: KeyRequest, model: CatalogModel, recorded: Credentials) -> Credentials:
+        """No I/O: what the next key will be, recorded before `rotate` (LiteLLM: a key chosen by us
+        and its alias of the next generation; APIM: nothing to choose). Names: `{backend}-next-...`."""
+
+    def rotate(self, request: KeyRequest, model: CatalogModel, recorded: Credentials) -> Credentials:
+        """Make the next key live beside the current one (LiteLLM: generate it under its new
+        alias; APIM: regenerate the key the requester does not use, the secondary on the first
+        rotation, and read it). Idempotent. Returns what to record: `secrets` are exactly the keys
+        to deliver to the requester."""
+
+    def retire(self, request: KeyRequest, recorded: Credentials) -> Credentials:
+        """After the grace: the previous key stops working (LiteLLM: delete it; APIM: regenerate
+        the key used until now, the primary on the first rotation). Idempotent. Returns the
+        backend's whole record from now on (the next key is the current one, no secret), which
+        replaces every `{backend}-...` secret and reference; `{backend}-` references the adapter
+        does not own (the processor's `-prepared`, `-reached`...) are passed through unchanged."""
 
 
 @dataclasses.dataclass(frozen=True)

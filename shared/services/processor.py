@@ -22,15 +22,16 @@ import random
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from shared.config import AppConfig, CatalogModel
+from shared.domain import lifecycle, rules
 from shared.domain import request_steps as steps
-from shared.domain import rules
 from shared.domain.request import KeyRequest, State, utcnow
 from shared.domain.request_steps import Next
 from shared.services import messages
 from shared.services.engine import Engine, EngineOptions, Step
+from shared.services.key_life import KeyLife, LinkSource
 from shared.services.ports import (
     BackendError,
     Credentials,
@@ -48,8 +49,12 @@ audit = logging.getLogger("shared.audit")
 
 # States whose requests always have work, and states whose work ends when they are settled.
 ALWAYS_DUE = (State.PENDING, State.APPROVED, State.REVOKING)
-DUE_UNTIL_SETTLED = (State.IN_REVIEW, State.DENIED, State.FAILED)
+DUE_UNTIL_SETTLED = (State.IN_REVIEW, State.DENIED, State.FAILED, State.EXPIRED)
 PAGE_SIZE = 500
+# Active keys are swept by the day their next lifecycle work falls on (codec.due_day), today and
+# this many days back: a timer that was down for longer still finds them (a missed reminder is
+# skipped, an expiry is not: see lifecycle.next_step).
+DUE_DAYS_BACK = 90
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +88,8 @@ class Processor:
 
     def __init__(self, store: RequestStore, config: AppConfig, provisioners: Mapping[str, Provisioner],
                  notifier: Notifier, ask_webhook: rules.AskWebhook, options: ProcessorOptions | None = None,
-                 clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], datetime] = utcnow, rng: random.Random | None = None,
+                 links: LinkSource | None = None) -> None:
         self.store = store
         self.config = config
         self.provisioners = provisioners
@@ -92,6 +98,7 @@ class Processor:
         self.options = options or ProcessorOptions()
         self.clock = clock
         self.engine = Engine(self, self.options.engine(), clock, rng)
+        self.key_life = KeyLife(config, provisioners, notifier, ask_webhook, self._now, links)
         # Every named step of request_steps, and the function that does it (its backend, or "").
         self._steps: dict[str, StepFunction] = {
             steps.DECIDE: self._decide,
@@ -106,9 +113,14 @@ class Processor:
             steps.ENTER_FAILED: self._enter_failed,
             steps.NOTIFY_DENIED: self._notify_denied,
             steps.NOTIFY_FAILED: self._notify_failed,
+            steps.NOTIFY_REVOKED: self._notify_revoked,
             steps.SETTLE: self._settle,
         }
-        assert set(self._steps) == set(steps.STEP_NAMES), "every named step has a function"
+        self._life_steps = self.key_life.steps()
+        assert set(self._steps) | set(self._life_steps) == set(steps.STEP_NAMES), "every named step has a function"
+
+    def _now(self) -> datetime:
+        return self.clock()  # late-bound: tests move the clock of a built processor
 
     # --- a tick -------------------------------------------------------------------------------
 
@@ -135,6 +147,14 @@ class Processor:
                 yield from page
                 if not token:
                     break
+        now = self.clock()
+        days = tuple(sorted({lifecycle.due_day(now - timedelta(days=n)) for n in range(DUE_DAYS_BACK + 1)}))
+        token = None
+        while True:
+            page, token = self.store.list_due(days, limit=PAGE_SIZE, continue_token=token)
+            yield from (r for r in page if r.due_at is not None and r.due_at <= now)  # its moment has come
+            if not token:
+                break
 
     def update(self, request: KeyRequest) -> KeyRequest:
         return self.store.update(request)
@@ -152,11 +172,19 @@ class Processor:
 
     def next_step(self, request: KeyRequest, now: datetime) -> Step[KeyRequest] | None:
         model = self.config.model(request.model)
-        found = steps.next_step(request, tuple(model.provisioning.backends) if model else None, now)
+        found = steps.next_step(request, tuple(model.provisioning.backends) if model else None, now,
+                                self.key_life.life)
         if found is None:
             return None
-        function, backend = self._steps[found.step], found.backend or ""
-        on_error = (lambda r, exc: self._issue_unanswered(r, backend, exc)) if found.step == steps.ISSUE else None
+        backend, days = found.backend or "", found.days
+        # A create call (a key issued, or the next key of a rotation) may still complete after it
+        # went unanswered: cleanup looks for it again once it has run out.
+        creates = found.step in (steps.ISSUE, lifecycle.ROTATE)
+        on_error = (lambda r, exc: self._issue_unanswered(r, backend, exc)) if creates else None
+        if found.step in self._life_steps:
+            life_step = self._life_steps[found.step]
+            return Step(found.name, lambda r: life_step(r, backend, days), on_error)
+        function = self._steps[found.step]
         return Step(found.name, lambda r: function(r, backend), on_error)
 
     def fail(self, request: KeyRequest, step: str, reason: str, now: datetime) -> KeyRequest:
@@ -171,7 +199,10 @@ class Processor:
             log.warning("request %s: the rules could not decide (%s); sending it to review", request.id, reason)
             return request.enter(State.IN_REVIEW, now, decision="review", decided_by="processor",
                                  reason=f"the approval rules could not decide: {reason}", last_error=reason)
-        if name in (steps.NOTIFY_REVIEW, steps.NOTIFY_DENIED, steps.NOTIFY_FAILED):
+        if name in lifecycle.STEP_NAMES and request.state in (State.ACTIVE, State.APPROVED):
+            return self._life_failed(request, name, reason, now)
+        if name in (steps.NOTIFY_REVIEW, steps.NOTIFY_DENIED, steps.NOTIFY_FAILED, steps.NOTIFY_REVOKED,
+                    lifecycle.NOTIFY_EXPIRED):
             # Nobody is owed a key by this email: record it and go on.
             kind = name.removeprefix("notify-")
             log.error("request %s: %s email not sent: %s", request.id, kind, reason)
@@ -181,6 +212,24 @@ class Processor:
         if request.state == State.FAILED:
             return request.with_changes(now, last_error=reason)
         return request.enter(State.FAILED, now, reason=reason, last_error=reason)
+
+    def _life_failed(self, request: KeyRequest, step: str, reason: str, now: datetime) -> KeyRequest:
+        """A renewal or rotation that failed for good: the key stays as it was (the current one
+        keeps working), the error is recorded, and the request no longer asks for it."""
+        log.error("request %s: %s failed: %s", request.id, step, reason)
+        if step == lifecycle.REMIND:  # a reminder that cannot be sent: recorded, not retried
+            days = {lifecycle.reminded_step(d): now for d in self.key_life.life.reminder_days}
+            return self.key_life.scheduled(request.with_changes(now, last_error=f"reminder email: {reason}",
+                                                                steps={**request.steps, **days}))
+        action = "rotate" if step in (lifecycle.PREPARE_ROTATION, lifecycle.ROTATE, lifecycle.NOTIFY_ROTATED,
+                                      lifecycle.RETIRE, lifecycle.FINISH_ROTATION) else "renew"
+        kept = {k: v for k, v in request.steps.items() if k.startswith("reminded-")}
+        failed = request.with_changes(now, last_error=f"{action} failed at {step}: {reason}", steps=kept,
+                                      **{f"{action}_requested_at": None})
+        if failed.state != State.ACTIVE:
+            failed = failed.enter(State.ACTIVE, now, settled=State.ACTIVE, steps=kept,
+                                  last_error=failed.last_error)
+        return self.key_life.scheduled(failed)
 
     def finish(self, request: KeyRequest) -> str:
         return request.state.value
@@ -283,6 +332,11 @@ class Processor:
         sent = self._notified(self._send(request, "denied", email), "denied")
         return sent if steps.revoke_failures(sent) else sent.with_changes(self.clock(), settled=State.DENIED)
 
+    def _notify_revoked(self, request: KeyRequest, _: str) -> KeyRequest:
+        admins = self.config.notifications.admins
+        email = messages.revoked_by_requester_email(request, self.config.notifications, admins) if admins else None
+        return self._notified(self._send(request, "revoked", email), "revoked")
+
     def _notify_failed(self, request: KeyRequest, _: str) -> KeyRequest:
         admins = self.config.notifications.admins
         email = messages.failed_email(request, self.config.notifications, admins) if admins else None
@@ -295,9 +349,8 @@ class Processor:
         except PermanentError as exc:  # nobody got the key: take it back, tell the admins
             raise PermanentError(f"the approval email could not be delivered: {exc.message}") from None
         log.info("request %s: %s email sent to %d recipient(s)", request.id, "approved", len(email.to))
-        now = self.clock()
-        done = request.with_changes(now, steps={**request.steps, "notified-approved": now})
-        return done.enter(State.ACTIVE, now, settled=State.ACTIVE)
+        # Delivered: active, and the plain keys leave the Secret in this same write.
+        return self.key_life.delivered(request)
 
     def _send(self, request: KeyRequest, kind: str, email: Email | None) -> KeyRequest:
         """Send a notification that carries no key; a permanent refusal is recorded, and reported
@@ -338,7 +391,8 @@ class Processor:
         expires = request.references.get("litellm-key-expires")
         return messages.approved_email(request, model, keys, base_url,
                                        datetime.fromisoformat(expires) if expires else None,
-                                       self.config.notifications)
+                                       self.config.notifications, rotate_url=self.key_life.url(request, "rotate"),
+                                       revoke_url=self.key_life.url(request, "revoke"))
 
 
 _KEY_LABELS = {"litellm-api-key": "LiteLLM API key", "apim-primary-key": "APIM subscription key"}

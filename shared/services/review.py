@@ -10,6 +10,8 @@ that follows (provisioning, revoking, emails) on its next tick.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
 
 from shared.domain import request_steps
 from shared.domain.request import KeyRequest, State, is_request_id, utcnow
@@ -46,25 +48,35 @@ def get(store: RequestStore, request_id: str) -> KeyRequest:
     return request
 
 
-def act(store: RequestStore, request_id: str, action: str, who: str, reason: str | None) -> KeyRequest:
-    """Approve, deny, revoke, set_pending or set_review, recording who, when and why."""
+def act(store: RequestStore, request_id: str, action: str, who: str, reason: str | None, *,
+        only_from: frozenset[State] | None = None,
+        before: Callable[[KeyRequest], Mapping[str, object]] | None = None,
+        now: datetime | None = None) -> KeyRequest:
+    """Approve, deny, revoke, set_pending or set_review, recording who, when and why.
+
+    `only_from` narrows the states the action applies to (a requester revokes only an active key);
+    `before` sees each fresh read before the state is checked, may refuse by raising, and returns
+    further changes for the same guarded write (the requester link's token id, shared/services/lifecycle.py)."""
     target, allowed = _TARGET[action]
+    if only_from is not None:
+        allowed = allowed & only_from
     for _ in range(5):
         request = get(store, request_id)
+        extra = dict(before(request)) if before is not None else {}
         if request.state not in allowed:
             raise AlreadyDecided(request, action)
-        now = utcnow()
+        moment = now or utcnow()
         # The lease goes too: a processor working on the old state fails its next guarded write.
         # Whatever it was issuing may still reach the backend; cleanup must look for it.
         changes: dict[str, object] = {"reason": reason or f"{PAST[action]} by {who}", "decided_by": who,
-                                      "decided_at": now, "last_error": None, "lease_holder": None,
-                                      "lease_until": None}
+                                      "decided_at": moment, "last_error": None, "lease_holder": None,
+                                      "lease_until": None, **extra}
         if action in _DECISION:
             changes["decision"] = _DECISION[action]
         if request.lease_holder is not None and request.lease_until is not None:
-            changes["references"] = request_steps.with_in_flight(request, max(request.lease_until, now))
+            changes["references"] = request_steps.with_in_flight(request, max(request.lease_until, moment))
         try:
-            updated = store.update(request.enter(target, now, **changes))
+            updated = store.update(request.enter(target, moment, **changes))
         except Conflict:
             continue  # written since we read it: look again
         log.info("audit: %s %s request %s (%s, %s): %s", who, PAST[action], request.id, request.model,

@@ -6,7 +6,7 @@ shared/adapters/kaito.py); the use cases and the reconciler know only these.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from shared.domain.team import TeamRecord
 
@@ -33,6 +33,9 @@ class TeamApim(Protocol):
     def delete_product(self, product_id: str) -> None: ...
     def ensure_subscription(self, sid: str, product_id: str, display_name: str) -> None: ...
     def subscription_keys(self, sid: str) -> tuple[str, str]: ...
+    def regenerate_key(self, sid: str, slot: Literal["primary", "secondary"]) -> None:
+        """A new value for that key of the subscription (ARM regeneratePrimaryKey /
+        regenerateSecondaryKey); the other key keeps working."""
     def delete_subscription(self, sid: str) -> None: ...
 
 

@@ -3,7 +3,9 @@
 `shared.domain.team.steps.next_step` says what a team needs next; this module does each named
 step (`TeamReconciler._steps`): a live generation gets its APIM product, policy, API links,
 subscription, keys Secret and KAITO Workspaces, and the owner an email; a deletion undoes all of
-it, then the record goes. Every step is idempotent and recorded before the next.
+it, then the record goes; a key rotation regenerates the subscription's keys one at a time, with
+`rotation_grace_seconds` between them (see shared/domain/team/steps.py). Every step is idempotent
+and recorded before the next.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import random
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.config import Notifications
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# What ends a rotation (done, or moot once the subscription is deleted).
+_NO_ROTATION: dict[str, Any] = {"rotate_requested_at": None, "rotate_requested_by": None, "rotation_steps": {},
+                                "rotation_retire_at": None}
+
 
 @dataclasses.dataclass(frozen=True)
 class TeamReconcilerOptions:
@@ -48,6 +54,8 @@ class TeamReconcilerOptions:
     max_steps: int = 16
     backoff_base_seconds: float = 10.0
     backoff_max_seconds: float = 900.0
+    # config.yaml provisioning.rotation_grace: how long a rotated team key keeps working
+    rotation_grace_seconds: float = 86400.0
     holder: str = dataclasses.field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
@@ -81,6 +89,10 @@ class TeamReconciler:
             "notified": self._notified, "delete-subscription": self._delete_subscription,
             "delete-product": self._delete_product, "delete-keys": self._delete_keys,
             "delete-workspaces": self._delete_workspaces, "notified-removed": self._notified_removed,
+            team_steps.ROTATE_NEW: self._rotate_new, team_steps.ROTATE_KEYS_NEW: self._rotate_keys_new,
+            team_steps.NOTIFIED_ROTATED: self._notified_rotated, team_steps.ROTATE_WAIT: self._rotate_wait,
+            team_steps.ROTATE_OLD: self._rotate_old, team_steps.ROTATE_KEYS_OLD: self._rotate_keys_old,
+            team_steps.ROTATED: self._rotated,
             team_steps.FINISH: self._finish,
         }
         assert set(self._steps) == set(team_steps.STEP_NAMES), "every named step has a function"
@@ -118,8 +130,10 @@ class TeamReconciler:
         if name is None:
             return None
         function = self._steps[name]
-        if name == team_steps.FINISH:
-            return Step(name, function)
+        if name in (team_steps.FINISH, team_steps.ROTATE_WAIT, team_steps.ROTATED):
+            return Step(name, function)  # they record themselves (or, the wait, nothing)
+        if name in team_steps.ROTATION_STEPS:
+            return Step(name, lambda r: self._rotation_done(function(r), name))
         return Step(name, lambda r: self._done(function(r), name))
 
     def fail(self, record: TeamRecord, step: str, reason: str, now: datetime) -> TeamRecord:
@@ -139,9 +153,14 @@ class TeamReconciler:
         now = self.clock()
         return record.with_changes(now, steps={**record.steps, step: now})
 
+    def _rotation_done(self, record: TeamRecord, step: str) -> TeamRecord:
+        now = self.clock()
+        return record.with_changes(now, phase="ready", rotation_steps={**record.rotation_steps, step: now})
+
     def _finish(self, record: TeamRecord) -> TeamRecord:
         log.info("team %s: generation %d reconciled", record.name, record.generation)
-        return record.with_changes(self.clock(), phase="ready", settled=True,
+        # A rotation asked for meanwhile goes on after the generation: the team stays unsettled.
+        return record.with_changes(self.clock(), phase="ready", settled=not record.rotating,
                                    observed_generation=record.generation,
                                    applied={**record.applied, "generation": record.generation})
 
@@ -218,8 +237,9 @@ class TeamReconciler:
     def _delete_subscription(self, record: TeamRecord) -> TeamRecord:
         if self.apim is not None or record.applied.get("subscription"):
             self._apim().delete_subscription(subscription_id(record.name))
-        applied = {k: v for k, v in record.applied.items() if k != "subscription"}
-        return record.with_changes(self.clock(), applied=applied)
+        # Its keys are gone with it: a rotation in progress has nothing left to rotate.
+        applied = {k: v for k, v in record.applied.items() if k not in ("subscription", "live-key")}
+        return record.with_changes(self.clock(), applied=applied, **_NO_ROTATION)
 
     def _delete_product(self, record: TeamRecord) -> TeamRecord:
         if self.apim is not None or record.applied.get("product"):
@@ -249,6 +269,59 @@ class TeamReconciler:
             self._send(record, "removed", {"product": product_id(record.name)})
         return record
 
+    # --- key rotation (POST /api/teams/{name}/rotate) ----------------------------------------------------
+
+    def _rotate_new(self, record: TeamRecord) -> TeamRecord:
+        """Regenerate the key the team does not use. Run twice (a crash before it was recorded), it
+        regenerates twice: harmless, nobody has that key yet."""
+        self._apim().regenerate_key(subscription_id(record.name), team_steps.new_key(record))
+        return record
+
+    def _rotate_keys_new(self, record: TeamRecord) -> TeamRecord:
+        """Both keys into the keys Secret; from now on the team can switch, so the grace counts from
+        here. Fixed when recorded (a rerun after a crash before that, when nobody was told yet, moves it)."""
+        self._write_keys(record)
+        now = self.clock()
+        return record.with_changes(now, rotation_retire_at=now + timedelta(seconds=self.options.rotation_grace_seconds))
+
+    def _notified_rotated(self, record: TeamRecord) -> TeamRecord:
+        new, old = team_steps.new_key(record), team_steps.live_key(record)
+        self._send(record, "rotated", {"secret_name": keys_secret_name(record.name),
+                                       "namespace": self.options.namespace,
+                                       "new_key": f"{new}-key", "old_key": f"{old}-key",
+                                       "retire_at": record.rotation_retire_at})
+        return record
+
+    def _rotate_wait(self, record: TeamRecord) -> TeamRecord:
+        """Not recorded: comes back when the grace is over (the engine waits for `next_attempt_at`)."""
+        retire_at = record.rotation_retire_at
+        if retire_at is None:  # never the case after rotate-keys-new; a record edited by hand
+            retire_at = self.clock() + timedelta(seconds=self.options.rotation_grace_seconds)
+        log.info("team %s: the %s key keeps working until %s", record.name, team_steps.live_key(record),
+                 retire_at.isoformat())
+        return record.with_changes(self.clock(), phase="ready", rotation_retire_at=retire_at,
+                                   next_attempt_at=retire_at)
+
+    def _rotate_old(self, record: TeamRecord) -> TeamRecord:
+        """The grace is over: the key used before the rotation stops working (regenerated, so no
+        one knows it; twice after a crash is just as harmless)."""
+        self._apim().regenerate_key(subscription_id(record.name), team_steps.live_key(record))
+        return record
+
+    def _rotate_keys_old(self, record: TeamRecord) -> TeamRecord:
+        self._write_keys(record)
+        return record
+
+    def _rotated(self, record: TeamRecord) -> TeamRecord:
+        new = team_steps.new_key(record)
+        log.info("team %s: keys rotated; the %s key is the one in use", record.name, new)
+        return record.with_changes(self.clock(), phase="ready", settled=True,
+                                   applied={**record.applied, "live-key": new}, **_NO_ROTATION)
+
+    def _write_keys(self, record: TeamRecord) -> None:
+        primary, secondary = self._apim().subscription_keys(subscription_id(record.name))
+        self.store.write_keys(record.name, primary, secondary)
+
     # --- notification ---------------------------------------------------------------------------------
 
     def _details(self, record: TeamRecord) -> dict[str, Any]:
@@ -263,7 +336,7 @@ class TeamReconciler:
             models.append(entry)
         return {"models": models, "limits": limits_dict(spec) or {}, "secret_name": keys_secret_name(spec.name),
                 "namespace": self.options.namespace, "gateway_url": self.options.gateway_url or "",
-                "product": product_id(spec.name)}
+                "product": product_id(spec.name), "key_name": f"{team_steps.live_key(record)}-key"}
 
     def _send(self, record: TeamRecord, event: TeamEvent, details: Mapping[str, Any]) -> None:
         from shared.services import messages  # templates load on the timer's path, not on a cold start

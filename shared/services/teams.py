@@ -1,6 +1,7 @@
-"""Team access use cases of the HTTP side: check a file and plan it, submit or delete a team, read
-its status. They only read and write the team's record: a new spec is a new `generation`, and the
-timer (shared/services/team_reconciler.py) does the provisioning; nothing here calls APIM or KAITO.
+"""Team access use cases of the HTTP side: check a file and plan it, submit or delete a team, ask
+for a key rotation, read its status. They only read and write the team's record: a new spec is a
+new `generation`, and the timer (shared/services/team_reconciler.py) does the provisioning; nothing
+here calls APIM or KAITO.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from shared.domain.team import (
     product_id,
     subscription_id,
 )
+from shared.domain.team import steps as team_steps
 from shared.services.ports import Conflict, NotFound, StoreError
 from shared.services.team_plan import Change, Plan, limits_dict, model_summary, plan, plan_text, resources
 from shared.services.team_ports import TeamApim, TeamStore, Workspaces
@@ -124,6 +126,39 @@ def request_delete(store: TeamStore, team: str, who: str, now: datetime | None =
     raise Conflict(f"team {team} keeps changing; try again")
 
 
+class RotationRefused(Exception):
+    """A rotation cannot be asked for now; the message says why (the team is not ready, or one runs)."""
+
+
+def request_rotation(store: TeamStore, team: str, who: str, now: datetime | None = None) -> tuple[TeamRecord, str]:
+    """Ask the timer to rotate the team's keys: (record, "requested"), or (record, "resumed") for a
+    rotation that failed (it is retried where it stopped, after the team is re-applied).
+    NotFound for an unknown team; RotationRefused unless the team is ready and no rotation runs."""
+    for _ in range(5):
+        existing = store.get(team)
+        if existing is None:
+            raise NotFound(f"no team {team}")
+        when = now or utcnow()
+        if existing.rotating and existing.phase == "failed" and not existing.deleting:
+            changes: dict[str, Any] = {"settled": False, "attempts": 0, "next_attempt_at": None}
+            outcome = "resumed"
+        else:
+            reason = team_steps.rotatable(existing)
+            if reason is not None:
+                raise RotationRefused(f"Team {team} {reason}")
+            changes = {"rotate_requested_at": when, "rotate_requested_by": who, "rotation_steps": {},
+                       "rotation_retire_at": None, "settled": False, "attempts": 0, "next_attempt_at": None,
+                       "last_error": None}
+            outcome = "requested"
+        try:
+            record = store.update(existing.with_changes(when, **changes))
+        except Conflict:
+            continue
+        audit.info("team %s: key rotation %s by %s", team, outcome, who)
+        return record, outcome
+    raise Conflict(f"team {team} keeps changing; try again")
+
+
 def status(store: TeamStore, team: str) -> dict[str, Any]:
     """What an admin may see about a team: never a key."""
     record = store.get(team)
@@ -150,6 +185,11 @@ def status(store: TeamStore, team: str) -> dict[str, Any]:
                       "apis": list(record.applied.get("apis") or []),
                       "workspaces": list(record.applied.get("workspaces") or sorted(spec.workspaces()))},
         "steps": {k: when(v) for k, v in sorted(record.steps.items())},
+        "key_in_use": f"{team_steps.live_key(record)}-key",
+        "rotation": None if not record.rotating else {
+            "requested_at": when(record.rotate_requested_at), "requested_by": record.rotate_requested_by,
+            "new_key": f"{team_steps.new_key(record)}-key", "retire_at": when(record.rotation_retire_at),
+            "steps": {k: when(v) for k, v in sorted(record.rotation_steps.items())}},
         "attempts": record.attempts, "last_error": record.last_error,
         "next_attempt_at": when(record.next_attempt_at), "source": record.source, "commit": record.commit,
         "content_sha256": record.content_hash,
@@ -175,7 +215,9 @@ def summary(record: TeamRecord) -> dict[str, Any]:
     def when(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
 
-    in_sync = record.phase == "ready" and record.settled and record.observed_generation == record.generation
+    # A key rotation leaves the team unsettled for its grace, while its generation is provisioned.
+    in_sync = (record.phase == "ready" and (record.settled or record.rotating)
+               and record.observed_generation == record.generation)
     return {
         "team": record.name, "owner": record.spec.owner, "phase": record.phase, "deleting": record.deleting,
         "settled": record.settled, "in_sync": in_sync, "generation": record.generation,
@@ -187,5 +229,6 @@ def summary(record: TeamRecord) -> dict[str, Any]:
     }
 
 
-__all__ = ["Change", "Plan", "TeamApim", "TeamFileError", "TeamStore", "Workspaces", "check", "list_teams",
-           "plan", "plan_text", "request_delete", "resources", "status", "submit", "summary"]
+__all__ = ["Change", "Plan", "RotationRefused", "TeamApim", "TeamFileError", "TeamStore", "Workspaces", "check",
+           "list_teams", "plan", "plan_text", "request_delete", "request_rotation", "resources", "status", "submit",
+           "summary"]

@@ -17,6 +17,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from shared.domain.lifecycle import due_day
 from shared.domain.request import KeyRequest, State
 
 APP_LABEL = "app.kubernetes.io/name"
@@ -26,6 +27,7 @@ REQUEST_COMPONENT = "llm-key-request"
 CLAIM_COMPONENT = "llm-key-request-claim"
 STATE_LABEL = "request-state"
 SETTLED_LABEL = "request-settled"
+DUE_DAY_LABEL = "request-due-day"
 PREFIX = "llm-key-requestor/"
 
 REQUEST_NAME_PREFIX = "llm-key-request-"
@@ -33,9 +35,10 @@ CLAIM_NAME_PREFIX = "llm-key-claim-"
 
 # KeyRequest field -> annotation (without prefix). Timestamps as ISO 8601 strings.
 _TEXT = {"email": "email", "model": "model", "decision": "decision", "reason": "reason",
-         "decided_by": "decided-by", "last_error": "last-error"}
+         "decided_by": "decided-by", "last_error": "last-error", "lifecycle_requested_by": "lifecycle-requested-by"}
 _TIMES = {"created_at": "created-at", "updated_at": "updated-at", "decided_at": "decided-at",
-          "next_attempt_at": "next-attempt-at"}
+          "next_attempt_at": "next-attempt-at", "expires_at": "expires-at", "due_at": "due-at",
+          "renew_requested_at": "renew-requested-at", "rotate_requested_at": "rotate-requested-at"}
 _INTS = {"attempts": "attempts"}
 
 
@@ -79,6 +82,8 @@ def annotations_of(request: KeyRequest) -> dict[str, str | None]:
     steps = {name: when.isoformat() for name, when in sorted(request.steps.items())}
     out[PREFIX + "steps"] = json.dumps(steps) if steps else None
     out[PREFIX + "references"] = json.dumps(dict(sorted(request.references.items()))) if request.references else None
+    used = {token: when.isoformat() for token, when in sorted(request.links_used.items())}
+    out[PREFIX + "links-used"] = json.dumps(used) if used else None
     return out
 
 
@@ -86,7 +91,17 @@ def labels_of(request: KeyRequest) -> dict[str, str]:
     labels = {APP_LABEL: APP_NAME, COMPONENT_LABEL: REQUEST_COMPONENT, STATE_LABEL: request.state.value}
     if request.settled is not None:
         labels[SETTLED_LABEL] = request.settled.value
+    if request.state == State.ACTIVE and request.due_at is not None:
+        # The day the timer next has work for this active key: its sweep asks for the days up to
+        # today, so it never reads every active request (a label selector cannot compare times).
+        labels[DUE_DAY_LABEL] = due_day(request.due_at)
     return labels
+
+
+def due_selector(days: tuple[str, ...]) -> str:
+    """Active requests whose next lifecycle work falls on one of `days`."""
+    return (f"{APP_LABEL}={APP_NAME},{COMPONENT_LABEL}={REQUEST_COMPONENT},{STATE_LABEL}={State.ACTIVE.value},"
+            f"{DUE_DAY_LABEL} in ({','.join(days)})")
 
 
 def to_secret(request: KeyRequest, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -106,7 +121,7 @@ def to_secret(request: KeyRequest, base: dict[str, Any] | None = None) -> dict[s
     return secret
 
 
-_OWN_LABELS = {APP_LABEL, COMPONENT_LABEL, STATE_LABEL, SETTLED_LABEL}
+_OWN_LABELS = {APP_LABEL, COMPONENT_LABEL, STATE_LABEL, SETTLED_LABEL, DUE_DAY_LABEL}
 
 
 def from_secret(secret: dict[str, Any]) -> KeyRequest:
@@ -129,6 +144,8 @@ def from_secret(secret: dict[str, Any]) -> KeyRequest:
         values["steps"] = {k: datetime.fromisoformat(v) for k, v in
                            json.loads(notes.get(PREFIX + "steps") or "{}").items()}
         values["references"] = dict(json.loads(notes.get(PREFIX + "references") or "{}"))
+        values["links_used"] = {k: datetime.fromisoformat(v) for k, v in
+                                json.loads(notes.get(PREFIX + "links-used") or "{}").items()}
         values["secrets"] = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         for field, key in _TEXT.items():
             values[field] = notes.get(PREFIX + key)

@@ -12,6 +12,7 @@ a resourceVersion-guarded patch, so again exactly one caller wins.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import logging
@@ -111,8 +112,15 @@ class KubernetesRequestStore:
 
     def list(self, states: Iterable[State] = (), limit: int | None = None,
              continue_token: str | None = None, unsettled_only: bool = False) -> tuple[list[KeyRequest], str | None]:
-        secrets, token = self._secrets.list(codec.request_selector(tuple(states), unsettled_only),
-                                            limit, continue_token)
+        return self._page(codec.request_selector(tuple(states), unsettled_only), limit, continue_token)
+
+    def list_due(self, days: tuple[str, ...], limit: int | None = None,
+                 continue_token: str | None = None) -> tuple[builtins.list[KeyRequest], str | None]:
+        return self._page(codec.due_selector(days), limit, continue_token)
+
+    def _page(self, selector: str, limit: int | None,
+              continue_token: str | None) -> tuple[builtins.list[KeyRequest], str | None]:
+        secrets, token = self._secrets.list(selector, limit, continue_token)
         items = []
         for secret in secrets:
             try:

@@ -6,7 +6,9 @@ The one place that knows how a team looks in Kubernetes:
   `app.kubernetes.io/component=llm-team-access`, `team-phase=<phase>` and `team-settled=true` once its
   current generation is fully reconciled. The normalised spec, the generation pair, the steps done,
   what is provisioned and the retry state are annotations under `llm-key-requestor/`, so
-  `kubectl describe` tells the story. It holds no key.
+  `kubectl describe` tells the story. It holds no key. A key rotation in progress adds
+  `rotate-requested-at`/`-by`, `rotation-steps` and `rotation-retire-at` (when the key used before
+  it stops working).
   Runbook: `kubectl get secrets -l app.kubernetes.io/component=llm-team-access -L team-phase` lists
   teams; `kubectl label secret llm-team-access-<team> team-settled-` makes the timer re-apply
   everything for that team (e.g. after someone changed its APIM product by hand).
@@ -44,9 +46,11 @@ PRIMARY_KEY = "primary-key"
 SECONDARY_KEY = "secondary-key"
 
 _TIMES = {"created_at": "created-at", "updated_at": "updated-at", "submitted_at": "submitted-at",
-          "provisioned_at": "provisioned-at", "next_attempt_at": "next-attempt-at", "lease_until": "lease-until"}
+          "provisioned_at": "provisioned-at", "next_attempt_at": "next-attempt-at", "lease_until": "lease-until",
+          "rotate_requested_at": "rotate-requested-at", "rotation_retire_at": "rotation-retire-at"}
 _TEXT = {"source": "source", "commit": "source-commit", "content_hash": "content-sha256",
-         "submitted_by": "submitted-by", "last_error": "last-error", "lease_holder": "lease-holder"}
+         "submitted_by": "submitted-by", "last_error": "last-error", "lease_holder": "lease-holder",
+         "rotate_requested_by": "rotate-requested-by"}
 _OWN_LABELS = {codec.APP_LABEL, codec.COMPONENT_LABEL, PHASE_LABEL, SETTLED_LABEL, TEAM_LABEL}
 
 
@@ -80,6 +84,8 @@ def to_secret(record: TeamRecord, base: dict[str, Any] | None = None) -> dict[st
         "deleting": "true" if record.deleting else None,
         "attempts": str(record.attempts),
         "steps": json.dumps({k: v.isoformat() for k, v in sorted(record.steps.items())}) if record.steps else None,
+        "rotation-steps": json.dumps({k: v.isoformat() for k, v in sorted(record.rotation_steps.items())})
+        if record.rotation_steps else None,
         "applied": json.dumps(dict(record.applied), sort_keys=True) if record.applied else None,
     }
     for field, key in _TEXT.items():
@@ -107,6 +113,8 @@ def from_secret(secret: dict[str, Any]) -> TeamRecord:
         for field, key in _TEXT.items():
             values[field] = notes.get(PREFIX + key)
         steps = {k: datetime.fromisoformat(v) for k, v in json.loads(notes.get(PREFIX + "steps") or "{}").items()}
+        rotation_steps = {k: datetime.fromisoformat(v)
+                          for k, v in json.loads(notes.get(PREFIX + "rotation-steps") or "{}").items()}
         applied = dict(json.loads(notes.get(PREFIX + "applied") or "{}"))
         spec = TeamSpec.from_json(notes[PREFIX + "team-spec"])
         phase = labels.get(PHASE_LABEL) or "pending"
@@ -124,6 +132,7 @@ def from_secret(secret: dict[str, Any]) -> TeamRecord:
             deleting=notes.get(PREFIX + "deleting") == "true",
             settled=labels.get(SETTLED_LABEL) == "true",
             steps=steps,
+            rotation_steps=rotation_steps,
             applied=applied,
             attempts=int(notes.get(PREFIX + "attempts") or 0),
             resource_version=meta.get("resourceVersion"),

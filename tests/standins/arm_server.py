@@ -2,7 +2,8 @@
 
 APIM has no emulator, so the real `azure-mgmt-apimanagement` client talks to this over HTTPS
 (a trustme CA: the SDK refuses a bearer token over plain http) with a bearer token required.
-It keeps subscriptions (PUT/GET/PATCH/DELETE, POST listSecrets), products (PUT/GET/DELETE),
+It keeps subscriptions (PUT/GET/PATCH/DELETE, POST listSecrets, regeneratePrimaryKey and
+regenerateSecondaryKey), products (PUT/GET/DELETE),
 product policies and product-API links in plain dicts the tests inspect, answers with ARM
 resource shapes (id, name, type, properties) and ARM error bodies, and honours If-Match.
 Behaviour taken from REAL-COMPONENTS.md and APIM's documented errors: a subscription is created
@@ -36,6 +37,8 @@ _SERVICE_PATH = re.compile(
     r"/service/(?P<svc>[^/]+)(?P<rest>/.*)?$", re.IGNORECASE)
 _ROUTES = [  # (kind, pattern of the path below the service)
     ("subscription/listSecrets", re.compile(r"^/subscriptions/(?P<sid>[^/]+)/listSecrets$")),
+    ("subscription/regeneratePrimaryKey", re.compile(r"^/subscriptions/(?P<sid>[^/]+)/regeneratePrimaryKey$")),
+    ("subscription/regenerateSecondaryKey", re.compile(r"^/subscriptions/(?P<sid>[^/]+)/regenerateSecondaryKey$")),
     ("subscription", re.compile(r"^/subscriptions/(?P<sid>[^/]+)$")),
     ("product/policy", re.compile(r"^/products/(?P<pid>[^/]+)/policies/(?P<policy>[^/]+)$")),
     ("product/apis", re.compile(r"^/products/(?P<pid>[^/]+)/apis$")),
@@ -82,8 +85,9 @@ class ApimService:
 
 
 class ArmStandin(StandinServer):
-    """Fault keys: "<METHOD> <kind>", kind one of subscription, subscription/listSecrets, product,
-    product/policy, product/apis, product/api; or "*" for any call."""
+    """Fault keys: "<METHOD> <kind>", kind one of subscription, subscription/listSecrets,
+    subscription/regeneratePrimaryKey, subscription/regenerateSecondaryKey, product, product/policy,
+    product/apis, product/api; or "*" for any call."""
 
     def __init__(self, token: str = "arm-token-" + secrets.token_urlsafe(12)) -> None:
         self._ca = trustme.CA()
@@ -224,6 +228,10 @@ class ArmStandin(StandinServer):
                 return refused
             if "state" in changes and changes["state"] not in _SUBSCRIPTION_STATES:
                 return arm_error(400, "ValidationError", f"Invalid subscription state '{changes['state']}'.")
+            if "expirationDate" in changes and not _is_datetime(changes["expirationDate"]):
+                return arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
+                                 [{"code": "ValidationError", "target": "expirationDate",
+                                   "message": "expirationDate must be an ISO 8601 date and time."}])
             entity.properties.update(changes)
             entity.etag = _etag()
             return Reply(200, self._subscription_view(ids, sid, entity), {"ETag": entity.etag})
@@ -278,6 +286,26 @@ class ArmStandin(StandinServer):
             return arm_error(404, "ResourceNotFound", "Subscription not found.")
         return Reply(200, {"primaryKey": entity.properties["primaryKey"],
                            "secondaryKey": entity.properties["secondaryKey"]}, {"ETag": entity.etag})
+
+    def _regenerate(self, call: Call, service: ApimService, ids: dict[str, str], name: str) -> Reply:
+        """ARM's regeneratePrimaryKey / regenerateSecondaryKey: POST, no body, 204; the subscription's
+        other key and its ETag-guarded properties stay as they are, except the ETag itself."""
+        if call.method != "POST":
+            return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+        entity = service.subscriptions.get(ids["sid"])
+        if entity is None:
+            return arm_error(404, "ResourceNotFound", "Subscription not found.")
+        key = secrets.token_hex(16)
+        self.issued_keys.add(key)
+        entity.properties[name] = key
+        entity.etag = _etag()
+        return Reply(204)
+
+    def _subscription_regeneratePrimaryKey(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        return self._regenerate(call, service, ids, "primaryKey")
+
+    def _subscription_regenerateSecondaryKey(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        return self._regenerate(call, service, ids, "secondaryKey")
 
     # --- products, their policy and their APIs -------------------------------------------------------
 
@@ -392,6 +420,16 @@ class ArmStandin(StandinServer):
             linked.discard(api)
             return Reply(200)
         return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+
+def _is_datetime(value: Any) -> bool:
+    if value is None:
+        return True  # no expiry
+    try:
+        datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
 
 
 def _policy_problem(value: Any, fmt: str) -> str | None:

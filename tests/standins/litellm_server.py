@@ -84,10 +84,13 @@ class LiteLLMStandin(StandinServer):
         self.master_key = master_key
         self.keys: dict[str, dict[str, Any]] = {}  # token id -> the stored key row (never the raw key)
         self.models = litellm_models()
+        # LiteLLM's clock, for expiries: a test that moves the processor's clock moves this one too.
+        self.clock: Any = lambda: datetime.now(timezone.utc)
 
     def reset(self) -> None:
         with self._lock:
             self.keys.clear()
+        self.clock = lambda: datetime.now(timezone.utc)
         self.reset_calls()
 
     def key_by_alias(self, alias: str) -> dict[str, Any] | None:
@@ -132,7 +135,7 @@ class LiteLLMStandin(StandinServer):
     def _expiry(self, duration: str | None) -> datetime | None:
         if duration is None or duration == "-1":
             return None
-        return datetime.now(timezone.utc) + timedelta(seconds=self.models.duration_in_seconds(duration))
+        return self.clock() + timedelta(seconds=self.models.duration_in_seconds(duration))
 
     # --- endpoints -----------------------------------------------------------------------------------
 

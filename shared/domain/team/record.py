@@ -42,6 +42,13 @@ class TeamRecord:
     provisioned_at: datetime | None = None  # first time the owner was told "provisioned"
     steps: Mapping[str, datetime] = dataclasses.field(default_factory=dict)  # done in this generation
     applied: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # what is provisioned now
+    # A key rotation asked for (POST /api/teams/{name}/rotate): when and by whom, its steps done so
+    # far (kept apart from `steps`: a new generation during the rotation must not restart it), and
+    # when the key in use before it stops working (fixed once the new key is in the keys Secret).
+    rotate_requested_at: datetime | None = None
+    rotate_requested_by: str | None = None
+    rotation_steps: Mapping[str, datetime] = dataclasses.field(default_factory=dict)
+    rotation_retire_at: datetime | None = None
     attempts: int = 0
     last_error: str | None = None
     next_attempt_at: datetime | None = None
@@ -51,6 +58,14 @@ class TeamRecord:
 
     def done(self, step: str) -> bool:
         return step in self.steps
+
+    @property
+    def rotating(self) -> bool:
+        return self.rotate_requested_at is not None
+
+    def rotated(self, step: str) -> bool:
+        """Whether the running rotation has done `step`."""
+        return step in self.rotation_steps
 
     def leased_by_other(self, holder: str, now: datetime) -> bool:
         return (self.lease_holder not in (None, holder) and self.lease_until is not None
