@@ -36,12 +36,13 @@ and this one's alternately on the same cluster and stand-ins, and prints the rat
 from __future__ import annotations
 
 import argparse
-import base64
 import cProfile
+import hashlib
 import io
 import json
 import os
 import pstats
+import re
 import resource
 import statistics
 import subprocess
@@ -136,7 +137,7 @@ def child(profile_out: str | None, log_file: str) -> None:
         timer = time.thread_time if profile_out.endswith(".cpu") else time.perf_counter
         local = threading.local()
         lock = threading.Lock()
-        process = processor.process
+        process = processor.engine.advance  # what each worker thread runs per request
 
         def profiled(request):  # cProfile sees one thread only: one profiler per worker thread
             prof = getattr(local, "prof", None)
@@ -150,7 +151,7 @@ def child(profile_out: str | None, log_file: str) -> None:
             finally:
                 prof.disable()
 
-        processor.process = profiled
+        processor.engine.advance = profiled
         main = cProfile.Profile(timer)  # the sweep (due()) runs on the calling thread
         profiles.append(main)
         main.enable()
@@ -246,13 +247,12 @@ def check(api, namespace: str, mailbox: Mailbox, litellm) -> dict:
     from shared.store import codec
 
     states: dict[str, int] = {}
-    keys_by_email: dict[str, str] = {}
     for secret in stored_requests(api, namespace):
         state = secret["metadata"]["labels"].get(codec.STATE_LABEL)
         states[state] = states.get(state, 0) + 1
-        if state == "active":
-            email = secret["metadata"]["annotations"][codec.PREFIX + "email"]
-            keys_by_email[email] = base64.b64decode(secret["data"]["litellm-api-key"]).decode()
+    # The Secret keeps no key once its email is sent (older trees did): an email carries its
+    # recipient's own key when LiteLLM holds that key (by its token id) for that recipient.
+    owners = {token: row.get("user_id") for token, row in litellm.keys.items()}
     with mailbox._lock:
         messages = list(mailbox.messages)
     with_key = 0
@@ -260,7 +260,9 @@ def check(api, namespace: str, mailbox: Mailbox, litellm) -> dict:
     for rcpts, raw in messages:
         recipients.update(rcpts)
         text = BytesParser(policy=policy.default).parsebytes(raw).get_body(("plain",)).get_content()
-        if len(rcpts) == 1 and keys_by_email.get(rcpts[0], "\0") in text:
+        found = re.search(r"sk-[A-Za-z0-9_-]{20,}", text)
+        token = hashlib.sha256(found.group(0).encode()).hexdigest() if found else None
+        if len(rcpts) == 1 and token is not None and owners.get(token) == rcpts[0]:
             with_key += 1
     return {"states": states, "active": states.get("active", 0), "emails": len(messages),
             "recipients": len(recipients), "emails_with_own_key": with_key,

@@ -1,6 +1,8 @@
 """Test-only: one processing run in a process of its own, optionally SIGKILLed at a step boundary.
 
-    python -m tests.crash_runner [--kill-after POINT] [--until-settled SECONDS] [--wait-for-go]
+    python -m tests.crash_runner [--kill-after POINT | --kill-after-write WHAT] [--clock-ahead SECONDS]
+                                 [--trace-writes] [--until-settled SECONDS] [--wait-for-go]
+    python -m tests.crash_runner --fork-server   (runs of the above, forked; see serve_forks)
 
 Settings come from the environment, exactly as the app reads them (`context.processor()`):
 KUBECONFIG, KUBERNETES_NAMESPACE, CONFIG_FILE, LITELLM_*, SMTP_*, PROCESSOR_*.
@@ -19,6 +21,15 @@ The processor only logs (production code is not changed for this). Two kinds of 
   outcome IS recorded, the next step has not started": the processor logs nothing between a
   record and the next step's I/O, so no log line marks those boundaries.
 
+`--kill-after-write WHAT` (RECORDED_POINTS) is the same "outcome IS recorded" boundary, named by
+what the write recorded rather than by a fixed state: the stored request just before the write is
+compared with the one the write stored (`steps` gained a step, the state or `settled` changed, a
+field or reference was cleared, the lease was taken). It depends on no log line, so every step of
+an active key's life (reminder, expiry, renewal, rotation) has one without a list of its own here.
+`--clock-ahead SECONDS` runs the processor's clock (and the LiteLLM provisioner's, which counts a
+rotated key's remaining lifetime) that far ahead from the start: a reminder or expiry 17 or 30
+days away, or a rotation's grace, is reached without waiting.
+
 Kill points that land inside a backend call (LiteLLM created the key but the answer never came
 back; the SMTP server accepted the message but its 250 never came back) are made by the test
 process, in the stand-in servers, which SIGKILL this process's pid.
@@ -27,6 +38,7 @@ process, in the stand-in servers, which SIGKILL this process's pid.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -85,6 +97,78 @@ STORE_POINTS: dict[str, Callable[[KeyRequest], bool]] = {
 
 POINTS = sorted({*LOG_POINTS, *STORE_POINTS})
 
+# `--kill-after-write WHAT`: a predicate on (the stored request just before a write, the request the
+# write stored), for this runner's `holder`. WHAT is `kind` or `kind:value`.
+RECORDED_POINTS: dict[str, str] = {
+    "lease": "the write that took the lease (the first write of a run)",
+    "step:NAME": "the write whose `steps` gained NAME (e.g. step:reminded-14d, step:litellm-rotated)",
+    "state:STATE": "the write that moved the request to STATE (e.g. state:expired)",
+    "settled:STATE": "the write that settled the request in STATE",
+    "cleared:FIELD": "the write that cleared FIELD (e.g. cleared:renew_requested_at)",
+    "unref:NAME": "the write that dropped the reference NAME (e.g. unref:litellm-prepared: revoked)",
+}
+Recorded = Callable[[KeyRequest, KeyRequest], bool]
+
+
+def recorded_point(what: str, holder: str) -> Recorded:
+    """The predicate for `--kill-after-write WHAT` (ValueError for an unknown WHAT)."""
+    kind, _, value = what.partition(":")
+    if kind == "lease" and not value:
+        return lambda before, written: before.lease_holder != holder and written.lease_holder == holder
+    if kind == "step" and value:
+        return lambda before, written: value in written.steps and value not in before.steps
+    if kind in ("state", "settled") and value:
+        state = State(value)
+        return lambda before, written: getattr(written, kind) == state and getattr(before, kind) != state
+    if kind == "cleared" and value in {f.name for f in dataclasses.fields(KeyRequest)}:
+        return lambda before, written: (getattr(before, value) not in (None, {})
+                                        and getattr(written, value) in (None, {}))
+    if kind == "unref" and value:
+        return lambda before, written: value in before.references and value not in written.references
+    raise ValueError(f"unknown --kill-after-write {what!r}; one of {', '.join(RECORDED_POINTS)}")
+
+
+def describe_write(before: KeyRequest, written: KeyRequest) -> str:
+    """One line on what a write recorded (stderr, with --trace-writes): never a secret's value."""
+    gained = sorted(set(written.steps) - set(before.steps))
+    lost = sorted(set(before.steps) - set(written.steps))
+    refs = sorted(set(written.references) ^ set(before.references))
+    return (f"crash_runner: wrote request {written.id}: state {before.state.value}->{written.state.value}, "
+            f"settled {written.settled and written.settled.value}, steps +{gained} -{lost}, "
+            f"references changed {refs}, secrets {sorted(written.secrets)}, "
+            f"lease {'held' if written.lease_holder else 'released'}")
+
+
+def kill_after_recorded(store: object, matches: Recorded | None, trace: bool) -> None:
+    """Wrap the store's update (this instance's, as kill_after_store_write does): after a write
+    COMPLETED, compare it with the stored request read just before it; die if `matches`."""
+    update, get = store.update, store.get  # bound methods of this store instance
+
+    def update_then_maybe_die(request: KeyRequest) -> KeyRequest:
+        before = get(request.id) or request
+        written = update(request)
+        if trace:
+            sys.stderr.write(describe_write(before, written) + "\n")
+            sys.stderr.flush()
+        if matches is not None and matches(before, written):
+            die()
+        return written
+
+    store.update = update_then_maybe_die  # type: ignore[attr-defined]
+
+
+def install_clock(processor: object, seconds: float) -> None:
+    """The processor's clock (and its engine's, and the LiteLLM provisioner's: it counts what a
+    rotated key has left of its lifetime) `seconds` ahead of real time."""
+    from tests.clock import Clock
+
+    clock = Clock()
+    clock.advance(seconds)
+    clock.install(processor)
+    for provisioner in getattr(processor, "provisioners", {}).values():
+        if hasattr(provisioner, "_clock"):
+            provisioner._clock = clock
+
 
 def die() -> None:
     sys.stderr.write("crash_runner: SIGKILL\n")
@@ -116,7 +200,14 @@ def kill_after_store_write(store: object, matches: Callable[[KeyRequest], bool])
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.crash_runner")
-    parser.add_argument("--kill-after", choices=POINTS)
+    kill = parser.add_mutually_exclusive_group()
+    kill.add_argument("--kill-after", choices=POINTS)
+    kill.add_argument("--kill-after-write", metavar="WHAT",
+                      help="after the write that recorded WHAT: " + "; ".join(
+                          f"{name}: {meaning}" for name, meaning in RECORDED_POINTS.items()))
+    parser.add_argument("--trace-writes", action="store_true", help="one stderr line per completed write")
+    parser.add_argument("--clock-ahead", type=float, default=0.0, metavar="SECONDS",
+                        help="the processor's clock runs SECONDS ahead from the start")
     parser.add_argument("--until-settled", type=float, default=0.0, metavar="SECONDS",
                         help="tick until a tick finds nothing due, for at most SECONDS")
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between ticks")
@@ -138,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(PROCESSOR_LOGGER).addHandler(KillOnLog(LOG_POINTS[args.kill_after]))
     elif args.kill_after in STORE_POINTS:
         kill_after_store_write(processor.store, STORE_POINTS[args.kill_after])
+    if args.kill_after_write or args.trace_writes:
+        try:
+            matches = recorded_point(args.kill_after_write, processor.options.holder) if args.kill_after_write else None
+        except ValueError as exc:
+            parser.error(str(exc))
+        kill_after_recorded(processor.store, matches, args.trace_writes)
+    if args.clock_ahead:
+        install_clock(processor, args.clock_ahead)
 
     if args.wait_for_go:
         print("ready", flush=True)
@@ -161,5 +260,101 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# --- a fork server: many runs, without paying the imports each time -----------------------------------
+
+# What every run imports (the kubernetes client alone costs ~1 s of CPU per process, far more on a
+# loaded machine). Best effort: a module that moved is simply imported by the run.
+PRELOAD = ("kubernetes.client", "kubernetes.config", "urllib3", "httpx", "jinja2", "smtplib", "email.message",
+           "email.utils", "pydantic", "yaml", "shared.context", "shared.settings", "shared.config",
+           "shared.startup_checks", "shared.store.requests", "shared.store.kube", "shared.store.codec",
+           "shared.adapters.litellm", "shared.adapters.email_factory", "shared.adapters.email_smtp",
+           "shared.adapters.webhook", "shared.services.processor", "shared.services.key_life",
+           "shared.services.messages", "shared.services.links", "tests.clock")
+
+
+def serve_forks() -> int:
+    """`python -m tests.crash_runner --fork-server`: import what a run needs once, then for each
+    JSON line {"argv", "env", "out", "err"} on stdin fork a child that runs `main(argv)` with exactly
+    `env` as its environment, stdin /dev/null (so `--wait-for-go` starts at once) and its
+    stdout/stderr in the files `out`/`err`, and answer {"pid": ...}; when a child ends,
+    {"exited": pid, "returncode": ...} (-9 for SIGKILL). Every child is forked from this clean
+    process, never from an earlier run: nothing of the app is built here, only modules imported.
+    Single-threaded, so fork is safe. (The same protocol as tests/teams_crash_runner.py.)"""
+    import importlib
+    import select
+
+    for name in PRELOAD:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if name == "kubernetes.client":  # its classes load lazily, on first attribute access
+            for attribute in ("CoreV1Api", "ApiClient", "Configuration", "V1Secret"):
+                getattr(module, attribute, None)
+
+    def answer(message: dict) -> None:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    children: set[int] = set()
+    stdin_open = True
+    pending = b""  # what was read from stdin past the last whole line (os.read: no hidden buffer)
+    while stdin_open or children or b"\n" in pending:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                children.clear()
+                break
+            if pid == 0:
+                break
+            children.discard(pid)
+            answer({"exited": pid, "returncode": os.waitstatus_to_exitcode(status)})
+        if b"\n" not in pending:
+            if not stdin_open:
+                time.sleep(0.02)
+                continue
+            ready, _, _ = select.select([0], [], [], 0.02)
+            if not ready:
+                continue
+            chunk = os.read(0, 65536)
+            if not chunk:
+                stdin_open = False
+            pending += chunk
+            continue
+        line, pending = pending.split(b"\n", 1)
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: a run of its own
+            code = 1
+            try:
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                for fd, path in ((1, request["out"]), (2, request["err"])):
+                    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    os.dup2(target, fd)
+                    os.close(target)
+                os.environ.clear()
+                os.environ.update(request["env"])
+                code = main(request["argv"])
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            except BaseException:  # noqa: BLE001 - report it like an interpreter would
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.add(pid)
+        answer({"pid": pid})
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve_forks() if sys.argv[1:] == ["--fork-server"] else main())

@@ -282,3 +282,12 @@ def test_a_key_revoked_by_its_requester_tells_the_admins_first():
     assert rs.next_step(revoking, ("litellm",), NOW).name == "notify-revoked"
     told = dataclasses.replace(revoking, steps={"notified-revoked": NOW})
     assert rs.next_step(told, ("litellm",), NOW).name == "enter-revoked"
+
+
+def test_a_dead_holders_rotation_create_counts_as_in_flight_even_for_an_issued_key():
+    until = NOW + timedelta(seconds=10)
+    rotating = request(State.ACTIVE, references=ISSUED, steps=("litellm-rotation-prepared",))
+    marked = rs.with_in_flight(rotating, until)
+    assert marked["litellm-reached"] == "yes" and marked["litellm-sent-at"] == until.isoformat()
+    rotated = request(State.ACTIVE, references=ISSUED, steps=("litellm-rotation-prepared", "litellm-rotated"))
+    assert "litellm-sent-at" not in rs.with_in_flight(rotated, until)

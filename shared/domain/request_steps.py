@@ -193,12 +193,17 @@ def hand_decision(request: KeyRequest, now: datetime) -> KeyRequest | None:
 
 def with_in_flight(request: KeyRequest, until: datetime) -> Mapping[str, str]:
     """References after a holder lost its lease mid-run (it died, or an admin took the request):
-    any backend it was issuing may have been reached, until `until` at the latest."""
+    any backend it was issuing, or rotating to a next key, may have been reached, until `until` at
+    the latest (a create call still running there: cleanup looks for it again after that)."""
     references = dict(request.references)
     for backend in prepared_backends(request):
+        rotating = (request.done(lifecycle.rotation_prepared_step(backend))
+                    and not request.done(lifecycle.rotated_step(backend)))
         if references.get(reached_ref(backend)) == REACHED_YES:
-            continue
-        references[reached_ref(backend)] = REACHED_MAYBE
+            if not rotating:
+                continue
+        else:
+            references[reached_ref(backend)] = REACHED_MAYBE
         previous = references.get(sent_at_ref(backend))
         if not previous or datetime.fromisoformat(previous) < until:
             references[sent_at_ref(backend)] = until.isoformat()
