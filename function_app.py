@@ -10,6 +10,7 @@ import azure.functions as func
 
 from shared import context
 from shared.http.admin import bp as admin
+from shared.http.docs import bp as docs
 from shared.http.links import bp as links
 from shared.http.openapi import bp as openapi
 from shared.http.public import bp as public
@@ -24,6 +25,7 @@ app.register_functions(public)
 app.register_functions(admin)
 app.register_functions(links)
 app.register_functions(openapi)
+app.register_functions(docs)
 app.register_functions(teams)
 app.register_functions(mcp)
 app.register_functions(timer)

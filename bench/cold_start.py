@@ -23,7 +23,8 @@ started = time.perf_counter()
 import function_app
 elapsed = time.perf_counter() - started
 heavy = sorted({".".join(m.split(".")[:2]) for m in sys.modules
-                if m.startswith(("azure.mgmt", "azure.communication", "azure.identity", "kubernetes", "litellm"))})
+                if m.startswith(("azure.mgmt", "azure.communication", "azure.identity", "azure.monitor",
+                                   "opentelemetry", "kubernetes", "litellm"))})
 print(json.dumps({"seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "heavy": heavy, "functions": len(function_app.app.get_functions())}))
 """

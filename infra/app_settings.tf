@@ -42,6 +42,9 @@ locals {
     AzureWebJobsStorage__clientId    = azurerm_user_assigned_identity.app.client_id
     # Application Insights ingestion with the managed identity (local authentication is off).
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING = "ClientId=${azurerm_user_assigned_identity.app.client_id};Authorization=AAD"
+    # OpenTelemetry (host.json telemetryMode): the worker hands each invocation's trace context
+    # to the app, whose azure-monitor-opentelemetry spans then nest in the host's (shared/telemetry.py).
+    PYTHON_ENABLE_OPENTELEMETRY = "true"
 
     # The request store: AKS with Entra ID, token from the managed identity, nothing stored.
     KUBERNETES_AUTH            = "entra"

@@ -406,3 +406,20 @@ variable "log_level" {
     error_message = "log_level: DEBUG, INFO, WARNING or ERROR."
   }
 }
+
+variable "alert_action_group_id" {
+  description = "Resource id of the Azure Monitor action group the alert rules notify (infra/monitoring.tf); null: the alerts only show in the Portal."
+  type        = string
+  default     = null
+}
+
+variable "alert_backlog_threshold" {
+  description = "Due records at the start of a tick from which a growing backlog alerts."
+  type        = number
+  default     = 50
+
+  validation {
+    condition     = var.alert_backlog_threshold >= 1
+    error_message = "alert_backlog_threshold: at least 1."
+  }
+}

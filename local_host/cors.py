@@ -8,10 +8,13 @@ blocks the call. With no origins configured the middleware is off, as with `func
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
+
+log = logging.getLogger("local_host")
 
 MAX_AGE_SECONDS = 3600
 # Headers a browser script may read without being told (the CORS-safelisted response headers).
@@ -49,6 +52,10 @@ class CorsPolicy:
             if requested_headers:
                 h["Access-Control-Allow-Headers"] = requested_headers
             h["Access-Control-Max-Age"] = str(MAX_AGE_SECONDS)
+        else:
+            log.warning("CORS: refused the preflight of %s %s from origin %s: not in Host.CORS of "
+                        "local.settings.json (\"*\" allows any origin locally)",
+                        requested_method.upper(), request.path, origin)
         return response
 
     def decorate(self, request: Request, response: Response) -> None:

@@ -132,10 +132,13 @@ def _entry(fn: func.Function) -> FunctionEntry:
     return FunctionEntry(name, fn.get_user_function(), triggers[0], bindings)
 
 
-def invoke(entry: FunctionEntry, trigger_value: Any, reason: str = HTTP_REASON) -> Any:
-    """Call the function with its trigger value, logging as the host does; re-raise failures."""
+def invoke(entry: FunctionEntry, trigger_value: Any, reason: str = HTTP_REASON, quiet: bool = False) -> Any:
+    """Call the function with its trigger value, logging as the host does; re-raise failures.
+    `quiet`: the Executing/Executed lines of a success at DEBUG (an HTTP call gets one line of
+    its own from the WSGI app); a failure is logged at ERROR either way."""
     invocation_id = str(uuid.uuid4())
-    log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", entry.name, reason, invocation_id)
+    level = logging.DEBUG if quiet else logging.INFO
+    log.log(level, "Executing 'Functions.%s' (Reason='%s', Id=%s)", entry.name, reason, invocation_id)
     kwargs = {entry.trigger["name"]: trigger_value}
     # As in the worker, `context` is the invocation context unless a binding has that name (an MCP
     # tool trigger's is usually called `context`).
@@ -150,8 +153,8 @@ def invoke(entry: FunctionEntry, trigger_value: Any, reason: str = HTTP_REASON) 
         log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)", entry.name,
                   invocation_id, _ms_since(started), exc_info=True)
         raise
-    log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", entry.name,
-             invocation_id, _ms_since(started))
+    log.log(level, "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", entry.name,
+            invocation_id, _ms_since(started))
     return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,23 +69,33 @@ class LocalWsgiApp:
             response.headers["Allow"] = ", ".join(allowed)
             return response
 
+        # .keys(): werkzeug's Headers iterate as (key, value) pairs, not as keys
+        headers = {k: ", ".join(request.headers.getlist(k)) for k in request.headers.keys()}  # noqa: SIM118
+        # As App Service's front end does: the socket's address becomes the last X-Forwarded-For hop
+        # (what the app's login limits key on; earlier hops are the caller's own words).
+        forwarded = next((k for k in headers if k.lower() == "x-forwarded-for"), "X-Forwarded-For")
+        peer = request.remote_addr or "local"
+        headers[forwarded] = f"{headers[forwarded]}, {peer}" if headers.get(forwarded) else peer
         http_request = func.HttpRequest(
             method=request.method,
             url=request.url,
-            # .keys(): werkzeug's Headers iterate as (key, value) pairs, not as keys
-            headers={k: ", ".join(request.headers.getlist(k)) for k in request.headers.keys()},  # noqa: SIM118
+            headers=headers,
             params=request.args.to_dict(),
             route_params=route_params,
             body=request.get_data(),
         )
+        started = time.perf_counter()
         try:
-            response = _to_wsgi(invoke(entry, http_request))
+            response = _to_wsgi(invoke(entry, http_request, quiet=True))
         except BadResult as e:
             log.error("Functions.%s: %s", entry.name, e)
             response = _json_error(500, "Internal server error", None)
         except Exception:  # noqa: BLE001 - the boundary; invoke() has logged the traceback
             response = _json_error(500, "Internal server error", None)
-        log.info("%s %s -> %d (Functions.%s)", request.method, request.path, response.status_code, entry.name)
+        # One line per call (the invocation's own lines are at DEBUG unless it failed).
+        level = logging.WARNING if response.status_code >= 500 else logging.INFO
+        log.log(level, "%s %s -> %d (Functions.%s, %d ms)", request.method, request.path, response.status_code,
+                entry.name, round((time.perf_counter() - started) * 1000))
         return response
 
 

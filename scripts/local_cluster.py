@@ -513,7 +513,7 @@ def _make_certs(pki: Path) -> None:
     )
 
 
-def _write_kubeconfig(path: Path, server: str, ca_file: Path, token: str) -> None:
+def _write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, namespace: str = "default") -> None:
     ca_data = base64.b64encode(ca_file.read_bytes()).decode()
     path.write_text(f"""apiVersion: v1
 kind: Config
@@ -531,13 +531,14 @@ contexts:
   context:
     cluster: local
     user: admin
-    namespace: default
+    namespace: {namespace}
 current-context: local
 """)
     path.chmod(0o600)
 
 
-def start(workdir: Path, port: int | None = None, die_with_parent: bool = True) -> Cluster:
+def start(workdir: Path, port: int | None = None, die_with_parent: bool = True,
+          namespace: str = "default") -> Cluster:
     """Start etcd and kube-apiserver for `workdir` and wait until the apiserver is ready.
 
     Every start is a fresh, empty cluster. Ports are picked free at start time, so several
@@ -546,6 +547,9 @@ def start(workdir: Path, port: int | None = None, die_with_parent: bool = True) 
     With `die_with_parent` (the default; Linux only) both processes are killed when the calling
     process dies, also by SIGKILL, so call it from the main thread (see `_die_with_parent`).
     Without it they run until `stop()` or `down`, as `up` needs.
+
+    `namespace` is the kubeconfig context's namespace, so plain `kubectl get secrets` looks where
+    the app keeps its requests (`up --namespace`, which scripts/run sets to KUBERNETES_NAMESPACE).
     """
     if die_with_parent:
         if not sys.platform.startswith("linux"):
@@ -620,7 +624,7 @@ def start(workdir: Path, port: int | None = None, die_with_parent: bool = True) 
     log(f"cluster ready at {server} in {time.monotonic() - started:.1f} s")
 
     kubeconfig = workdir / "kubeconfig"
-    _write_kubeconfig(kubeconfig, server, ca_file, token)
+    _write_kubeconfig(kubeconfig, server, ca_file, token, namespace)
     cluster = Cluster(
         kubeconfig=kubeconfig, server=server, token=token, ca_file=ca_file, workdir=workdir,
         apiserver_pid=procs["kube-apiserver"].pid, etcd_pid=procs["etcd"].pid, _procs=procs,
@@ -638,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start a cluster, print its kubeconfig path")
     up.add_argument("--dir", type=Path, required=True, help="state, logs and kubeconfig go here")
     up.add_argument("--port", type=int, help="apiserver port (default: a free one)")
+    up.add_argument("--namespace", default="default",
+                    help="the kubeconfig context's namespace (scripts/run: KUBERNETES_NAMESPACE)")
     for name, text in (("down", "stop the cluster started in DIR"),
                        ("status", "show whether the cluster in DIR runs and is ready")):
         sub = commands.add_parser(name, help=text)
@@ -650,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         try:
             # Detached: the cluster outlives this command until `down` (scripts/run calls it on exit).
-            cluster = start(args.dir, args.port, die_with_parent=False)
+            cluster = start(args.dir, args.port, die_with_parent=False, namespace=args.namespace)
         except RuntimeError as error:  # a known failure: the message says all, skip the traceback
             print(f"local_cluster up: {error}", file=sys.stderr)
             return 1

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from shared.domain.request import ascii_domain, canonical_email
+
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,62}$"
 DURATION = r"^\d+[smhdw]$|^\d+mo$"  # what LiteLLM's duration_in_seconds parses (no years)
 
@@ -113,15 +115,82 @@ class KaitoModel(_Strict):
 # --- requests and rules -----------------------------------------------------------------------------
 
 
+def _ascii_domains(value: list[str]) -> list[str]:
+    return [ascii_domain(domain) for domain in value]
+
+
+def _separators(value: list[str]) -> list[str]:
+    for separator in value:
+        if len(separator) != 1 or separator.isalnum() or separator in '@."':
+            raise ValueError(f"{separator!r}: a tag separator is one character, not a letter, digit, @, . or \"")
+    return value
+
+
+class MailboxRule(_Strict):
+    """How one mail provider reads the local part of its addresses (for canonical addresses)."""
+
+    domains: list[str] = Field(min_length=1, description="exact domains (no subdomains), e.g. gmail.com")
+    tag_separators: list[str] | None = Field(
+        None, description="what starts a sub-address tag at these domains; null: requests.tag_separators")
+    ignore_dots: bool = Field(False, description="the provider ignores dots in the local part (Gmail)")
+
+    _domains = field_validator("domains")(_ascii_domains)
+
+    @field_validator("tag_separators")
+    @classmethod
+    def _valid_separators(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _separators(value)
+
+
+def _gmail_like() -> list[MailboxRule]:
+    return [MailboxRule(domains=["gmail.com", "googlemail.com"], ignore_dots=True)]
+
+
+class IntakeLimits(_Strict):
+    """How much one mailbox, one domain and one instance may ask (null: no limit). Counted where every
+    instance sees them (shared/store/limits.py), except the per-instance rate; over one: 429."""
+
+    open_per_address: int | None = Field(3, ge=1, description="requests of one mailbox not yet finished")
+    per_address_per_day: int | None = Field(10, ge=1, description="new requests of one mailbox per UTC day")
+    per_domain_per_hour: int | None = Field(200, ge=1, description="new requests of one email domain per hour")
+    per_instance_per_minute: int | None = Field(
+        300, ge=1, description="POST /api/request-key calls one instance takes per minute")
+
+
 class RequestPolicy(_Strict):
     allowed_email_domains: list[str] = Field(
         default_factory=list, description="empty: any domain; else only these (subdomains included)"
     )
+    tag_separators: list[str] = Field(
+        default_factory=lambda: ["+"], description="what starts a sub-address tag (alice+news@): cut off")
+    mailboxes: list[MailboxRule] = Field(
+        default_factory=_gmail_like, description="per-domain rules; the default ignores dots at Gmail")
+    limits: IntakeLimits = Field(default_factory=IntakeLimits)
+    deny_cooldown: str = Field("30d", pattern=DURATION,
+                               description="after a denial, the same mailbox and model are refused this long (0d: not)")
 
-    @field_validator("allowed_email_domains")
-    @classmethod
-    def _lower(cls, value: list[str]) -> list[str]:
-        return [domain.strip().lower().lstrip("@") for domain in value]
+    _allowed = field_validator("allowed_email_domains")(_ascii_domains)
+    _tags = field_validator("tag_separators")(_separators)
+
+    @model_validator(mode="after")
+    def _one_rule_per_domain(self) -> RequestPolicy:
+        domains = [d for rule in self.mailboxes for d in rule.domains]
+        repeated = sorted({d for d in domains if domains.count(d) > 1})
+        if repeated:
+            raise ValueError(f"mailboxes name a domain twice: {', '.join(repeated)}")
+        return self
+
+    @property
+    def deny_cooldown_seconds(self) -> float:
+        return duration_seconds(self.deny_cooldown)
+
+    def canonical(self, address: str) -> str:
+        """The one spelling of `address` (as normalise_email returns it) for duplicates, limits, blocks."""
+        domain = address.rsplit("@", 1)[-1].lower()
+        rule = next((r for r in self.mailboxes if domain in r.domains), None)
+        separators = rule.tag_separators if rule is not None and rule.tag_separators is not None \
+            else self.tag_separators
+        return canonical_email(address, separators, bool(rule and rule.ignore_dots))
 
 
 Decision = Literal["approve", "deny", "review"]
@@ -235,6 +304,17 @@ class AppConfig(_Strict):
 
     def model(self, model_id: str) -> CatalogModel | None:
         return self._by_id.get(model_id)
+
+    def approvals_without_review(self) -> list[str]:
+        """Where this file approves a request without a human: `auto_approve: true` models, match
+        rules that approve, and `approval.default: approve` while a model leaves it to the rules.
+        (A webhook is the operator's own approval service, trusted to check who asks.)"""
+        found = [f"models[{i}] ({m.id}) auto_approve: true" for i, m in enumerate(self.models) if m.auto_approve]
+        found += [f"approval.rules[{i}] decision: approve" for i, rule in enumerate(self.approval.rules)
+                  if isinstance(rule, MatchRule) and rule.decision == "approve"]
+        if self.approval.default == "approve" and any(m.auto_approve is None for m in self.models):
+            found.append("approval.default: approve")
+        return found
 
 
 def _location(loc: tuple) -> str:

@@ -14,10 +14,11 @@ import secrets
 import threading
 from datetime import timedelta
 
+from shared import telemetry
 from shared.config import AppConfig, ConfigError, WebhookRule, load_config
 from shared.services.links import LinkMaker
 from shared.services.ports import Provisioner, RequestStore
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 _lock = threading.RLock()
@@ -38,12 +39,21 @@ def load() -> None:
     logging.getLogger("shared").setLevel(settings().log_level)
     loaded = config()
     _check_config_against_settings(loaded, settings())
+    check_azure_email(settings())
     from shared.startup_checks import check_timing
 
     check_timing(settings(), loaded)  # budgets and the lease against the longest step, functionTimeout
     link_maker()  # says at start-up when links are signed with a key of this process only
     log.info("config %s: %d models, %d rules", settings().config_file, len(loaded.models),
              len(loaded.approval.rules))
+
+
+def check_azure_email(current: Settings) -> None:
+    """On Azure, keys reach people by email only: the outbox folder is for local runs."""
+    if current.on_azure and not (current.acs_connection_string or current.acs_endpoint or current.smtp_host):
+        raise SettingsError("invalid app settings: neither ACS_CONNECTION_STRING / ACS_ENDPOINT nor SMTP_HOST is "
+                            "set: on Azure every email (keys, denials, reviews) would be written to an instance's "
+                            "EMAIL_OUTBOX_DIR and reach nobody; configure Azure Communication Services or SMTP")
 
 
 def _check_config_against_settings(loaded: AppConfig, current: Settings) -> None:
@@ -66,6 +76,12 @@ def _check_config_against_settings(loaded: AppConfig, current: Settings) -> None
         if litellm:
             problems.append(f"{', '.join(litellm)} {'uses' if len(litellm) == 1 else 'use'} backend litellm, "
                             "but LITELLM_API_KEY (the LiteLLM master key) is not set")
+    automatic = loaded.approvals_without_review()
+    if current.on_azure and not loaded.requests.allowed_email_domains and automatic:
+        problems.append("requests.allowed_email_domains is empty, so anyone on the internet may ask, and "
+                        f"{'; '.join(automatic)} would approve them without review: list your email domains, "
+                        "or send every request to review (no auto_approve: true, no approve rule, "
+                        "approval.default: review or deny)")
     if problems:
         raise ConfigError("\n".join(f"{current.config_file}: {problem}" for problem in problems))
 
@@ -125,6 +141,21 @@ def _request_store() -> RequestStore:
     return KubernetesRequestStore(kube_client(), current.namespace, current.kubernetes_timeout_seconds)
 
 
+def block_store():
+    """Admin blocks of addresses and domains, in the request store's namespace (shared/store/blocks.py)."""
+    with _lock:
+        return _block_store()
+
+
+@functools.cache
+def _block_store():
+    from shared.store.blocks import KubernetesBlockStore
+    from shared.store.secrets import SecretsGateway
+
+    current = settings()
+    return KubernetesBlockStore(SecretsGateway(kube_client(), current.namespace, current.kubernetes_timeout_seconds))
+
+
 def processor():
     with _lock:
         return _processor()
@@ -156,7 +187,7 @@ def _processor():
         litellm_base_url=current.litellm_gateway_url or current.litellm_base_url,
         apim_gateway_url=current.apim_gateway_url,
     )
-    return Processor(request_store(), config(), provisioners, notifier_from_settings(current),
+    return Processor(request_store(), config(), provisioners, telemetry.measured(notifier_from_settings(current)),
                      WebhookApprover(current.ca_bundle), options, links=link_maker())
 
 
@@ -212,12 +243,17 @@ def _team_reconciler():
         rotation_grace_seconds=config().provisioning.rotation_grace_seconds,
     )
     workspaces = KaitoWorkspaces(kube_client(), current.namespace, current.kubernetes_timeout_seconds)
-    return TeamReconciler(team_store(), apim, workspaces, notifier_from_settings(current),
+    return TeamReconciler(team_store(), apim, workspaces, telemetry.measured(notifier_from_settings(current)),
                           config().notifications, options)
 
 
 def reset() -> None:
     """Forget everything built so far (tests change the environment between cases)."""
     for cached in (settings, config, _kube_client, _request_store, _processor, _team_store, _team_reconciler,
-                   _link_maker):
+                   _link_maker, _block_store):
         cached.cache_clear()
+    from shared.http.auth import failed_logins
+    from shared.services.intake import instance_rate
+
+    instance_rate.reset()  # the per-instance intake rate counts from nothing again
+    failed_logins.reset()  # and so do the failed logins (per address, per username)

@@ -19,7 +19,7 @@ import logging
 
 import azure.functions as func
 
-from shared import context
+from shared import context, telemetry
 
 log = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -30,7 +30,9 @@ bp = func.Blueprint()
 def approval_timer(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.warning("approval timer is running late")
-    context.processor().run_tick()
+    telemetry.configure()
+    with telemetry.span("approval_timer tick", {"faas.trigger": "timer", "llmkr.tick.kind": "request"}):
+        context.processor().run_tick()
 
 
 @bp.function_name("team_timer")
@@ -38,4 +40,6 @@ def approval_timer(timer: func.TimerRequest) -> None:
 def team_timer(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.warning("team timer is running late")
-    context.team_reconciler().run_tick()
+    telemetry.configure()
+    with telemetry.span("team_timer tick", {"faas.trigger": "timer", "llmkr.tick.kind": "team"}):
+        context.team_reconciler().run_tick()

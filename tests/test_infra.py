@@ -39,6 +39,10 @@ ENTRA_PLACEHOLDER = "REPLACE-WITH-MANAGED-IDENTITY-OBJECT-ID"
 NOT_APP_SETTINGS = {
     "KUBERNETES_SERVICE_HOST": "set by the kubelet inside a pod; tells the client it runs in-cluster",
     "WEBSITE_HOSTNAME": "set by App Service: the app's default host name, the default of PUBLIC_BASE_URL",
+    # OpenTelemetry's own variables, for local telemetry only (shared/telemetry.py): in Azure the
+    # app exports to Application Insights.
+    "OTEL_TRACES_EXPORTER": "local only: console telemetry",
+    "OTEL_SERVICE_NAME": "local only: the service name of console or OTLP telemetry",
 }
 SECRET_SETTINGS = {"LITELLM_API_KEY", "ADMIN_PASSWORD", "ADMIN_API_KEY", "SMTP_PASSWORD", "APPROVAL_WEBHOOK_SECRET",
                    "LINK_SIGNING_KEY"}
@@ -466,6 +470,89 @@ def test_terraform_fmt(tmp_path):
                             text=True, timeout=60, env={**os.environ, "CHECKPOINT_DISABLE": "1",
                                                         "TF_CLI_CONFIG_FILE": "/dev/null"})
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- monitoring: workbook and alert rules (infra/monitoring.tf) -------------------------------------------
+
+# The metrics shared/telemetry.py exports (README "Telemetry").
+METRICS = ("llmkr.request.count", "llmkr.request.due", "llmkr.tick.duration", "llmkr.tick.budget.utilization",
+           "llmkr.request.activation.duration", "llmkr.provisioning.results", "llmkr.email.results",
+           "llmkr.intake.rejections")
+
+
+def test_the_metrics_the_workbook_reads_are_the_ones_the_app_exports():
+    source = (ROOT / "shared" / "telemetry.py").read_text()
+    for name in METRICS:
+        assert f'"{name}"' in source, name
+
+
+def test_the_workbook_is_deployed_from_its_json_over_application_insights(tf):
+    workbook = tf.resource("azurerm_application_insights_workbook", "operations")
+    assert workbook["data_json"] == '${file("${path.module}/workbook.json")}'
+    assert workbook["source_id"] == "${lower(azurerm_application_insights.app.id)}"
+    assert workbook["category"] == "workbook"
+    assert workbook["name"].startswith("${uuidv5(")  # a GUID, stable across applies
+    doc = json.loads((INFRA / "workbook.json").read_text())
+    assert doc["version"] == "Notebook/1.0"
+    queries = {item["name"]: item["content"]["query"] for item in doc["items"] if item["type"] == 3}
+    text = "\n".join(queries.values())
+    # The backlog, the state counts, time-to-key, failures by backend and the audit trail.
+    assert "llmkr.request.due" in queries["backlog"]
+    assert "llmkr.request.count" in queries["states"] and "llmkr.request.state" in queries["states"]
+    assert "llmkr.request.activation.duration" in queries["time-to-key"]
+    assert "llmkr.backend" in queries["failures-by-backend"] and '"failed"' in queries["failures-by-backend"]
+    assert 'startswith "audit:"' in queries["audit"] and "customDimensions.request_id" in queries["audit"]
+    read = [name for clause in re.findall(r"name (?:==|in) \(?([^)\n|]+)", text)
+            for name in re.findall(r'"([^"]+)"', clause)]
+    assert len(read) >= 8
+    for name in read:
+        assert name in METRICS, f"the workbook reads {name}, which the app does not export"
+    for item in doc["items"]:
+        if item["type"] == 3:
+            assert item["content"]["resourceType"] == "microsoft.insights/components"
+
+
+def test_alert_rules_for_backlog_failures_budget_and_store_with_an_action_group_variable(tf):
+    rule = tf.resource("azurerm_monitor_scheduled_query_rules_alert_v2", "app")
+    assert rule["for_each"] == "${local.alerts}"
+    assert rule["scopes"] == ["${azurerm_application_insights.app.id}"]
+    assert rule["skip_query_validation"] is True and rule["auto_mitigation_enabled"] is True
+    criteria = block(rule, "criteria")
+    assert criteria["query"] == "${each.value.query}"
+    assert (criteria["operator"], criteria["threshold"], criteria["time_aggregation_method"]) == \
+        ("GreaterThan", 0, "Count")
+    action = block(rule, "dynamic")["action"]
+    action = action[0] if isinstance(action, list) else action
+    assert "local.alert_action_groups" in json.dumps(action)
+    assert tf.locals["alert_action_groups"] == \
+        "${var.alert_action_group_id == null ? [] : [var.alert_action_group_id]}"
+    assert tf.variables["alert_action_group_id"]["default"] is None
+    alerts = tf.locals["alerts"]
+    assert set(alerts) == {"backlog-growing", "requests-failed", "tick-over-budget", "store-unavailable"}
+    assert "llmkr.request.due" in alerts["backlog-growing"]["query"]
+    assert "var.alert_backlog_threshold" in alerts["backlog-growing"]["query"]
+    assert "failed at step" in alerts["requests-failed"]["query"]
+    assert "llmkr.tick.budget.utilization" in alerts["tick-over-budget"]["query"]
+    assert "value > 1" in alerts["tick-over-budget"]["query"]
+    assert "store unavailable" in alerts["store-unavailable"]["query"]
+    for name, alert in alerts.items():
+        assert 0 <= alert["severity"] <= 4 and alert["window"].startswith("PT"), name
+        assert alert["description"] and alert["display_name"], name
+
+
+def test_the_alert_queries_match_what_the_app_logs():
+    """The rules look for lines the app really writes."""
+    processor = (ROOT / "shared" / "services" / "processor.py").read_text()
+    assert '"request %s failed at step %s: %s"' in processor
+    assert "store unavailable" in (ROOT / "shared" / "http" / "public.py").read_text()
+    assert "could not record progress" in (ROOT / "shared" / "services" / "engine.py").read_text()
+    assert "The request store is unavailable" in (ROOT / "shared" / "http" / "responses.py").read_text()
+
+
+def test_host_json_and_app_settings_turn_on_opentelemetry(tf):
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["telemetryMode"] == "OpenTelemetry"
+    assert app_settings(tf)["PYTHON_ENABLE_OPENTELEMETRY"] == "true"
 
 
 # --- checkov --------------------------------------------------------------------------------------------

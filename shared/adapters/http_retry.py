@@ -74,7 +74,9 @@ def with_retries(attempt: Callable[[], T], what: str, *, retries: int = QUICK_RE
                 message = error.message if wait > max_wait else f"{error.message} ({tries + 1} tries)"
                 raise TransientError(message, error.retry_after, reached, in_flight) from None
             tries += 1
-            log.info("%s: %s; try %d of %d in %.1f s", what, error.message, tries + 1, retries + 1, wait)
+            # The message names the call already (`what`); the engine binds the request id.
+            message = error.message if error.message.startswith(what) else f"{what}: {error.message}"
+            log.info("%s; try %d of %d in %.1f s", message, tries + 1, retries + 1, wait)
             sleep(wait)
         except TransientError as exc:
             if (reached and not exc.reached) or (in_flight and not exc.in_flight):

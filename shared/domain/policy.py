@@ -157,6 +157,12 @@ def _shared_limits(shared: list[ModelGrant]) -> Limits:
 
 
 def render(spec: TeamSpec) -> RenderedPolicy:
+    # APIM replaces {{named-value}} anywhere in a policy: no text of the team's may bring one in
+    # (the team reader refuses them; this is the last line). The JSON of the 403 body ends in "}}"
+    # by itself, so the texts are checked, not the document.
+    texts = [spec.name, spec.display_name, *(alias for grant in spec.models for alias in grant.aliases)]
+    if any("{{" in text or "}}" in text for text in texts):
+        raise ValueError(f"team {spec.name}: the policy would hold {{{{ or }}}}, which APIM reads as a named value")
     root = document(spec)
     return RenderedPolicy(rawxml=serialize(root, raw_expressions=True), xml=serialize(root, raw_expressions=False))
 
@@ -272,3 +278,4 @@ def describe(xml: str) -> dict[str, dict[str, str]]:
         if limit is not None:
             found[",".join(names)] = dict(limit.attrib)
     return found
+

@@ -11,7 +11,7 @@ import dataclasses
 import enum
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,8 +62,10 @@ def is_request_id(value: str) -> bool:
     return bool(REQUEST_ID.match(value))
 
 
-def normalise_email(raw: str, allowed_domains: list[str] | tuple[str, ...] = ()) -> str:
-    """Trim, check syntax (no DNS lookups) and lower-case; optionally restrict the domain."""
+def normalise_email(raw: str, allowed_domains: Sequence[str] = ()) -> str:
+    """Trim, check the syntax (no DNS lookups) and lower-case; optionally restrict the domain. The
+    answer is the address to send to (tags and dots kept, unlike canonical_email), its domain in
+    ASCII (IDNA) form, so every mail server can deliver to it."""
     candidate = raw.strip()
     if not candidate:
         raise InvalidInput("email", "must not be empty")
@@ -73,12 +75,38 @@ def normalise_email(raw: str, allowed_domains: list[str] | tuple[str, ...] = ())
         result = validate_email(candidate, check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidInput("email", f"is not a valid email address ({exc})") from None
-    email = result.normalized.lower()
-    if allowed_domains:
-        domain = email.rsplit("@", 1)[1]
-        if not any(domain == d or domain.endswith("." + d) for d in allowed_domains):
-            raise InvalidInput("email", f"domain {domain} is not allowed here")
+    domain = result.ascii_domain.lower()
+    email = f"{result.local_part.lower()}@{domain}"
+    if len(email) > 254:
+        raise InvalidInput("email", "must be at most 254 characters with its domain in ASCII form")
+    if allowed_domains and not any(domain == d or domain.endswith("." + d) for d in allowed_domains):
+        raise InvalidInput("email", f"domain {domain} is not allowed here")
     return email
+
+
+def ascii_domain(raw: str) -> str:
+    """A domain as config.yaml writes it (any case, Unicode or not) in its lower-case ASCII form."""
+    name = raw.strip().lower().lstrip("@")
+    try:
+        return validate_email(f"x@{name}", check_deliverability=False).ascii_domain.lower()
+    except EmailNotValidError as exc:
+        raise ValueError(f"{raw!r} is not a valid email domain ({exc})") from None
+
+
+def canonical_email(address: str, tag_separators: Sequence[str] = ("+",), ignore_dots: bool = False) -> str:
+    """The one spelling of a mailbox, for duplicates, limits and blocks (never to send to):
+    lower-case, the sub-address tag cut off at the first of `tag_separators` (alice+news -> alice),
+    and with `ignore_dots` every dot of the local part dropped (a.l.ice -> alice, as Gmail reads it).
+    `address` is what normalise_email returns (its domain already ASCII)."""
+    local, _, domain = address.rpartition("@")
+    local = local.lower()
+    for separator in tag_separators:
+        head = local.split(separator, 1)[0]
+        if head:  # "+tag@" alone is not a tag: keep what there is
+            local = head
+    if ignore_dots and local.replace(".", ""):
+        local = local.replace(".", "")
+    return f"{local}@{domain.lower()}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,14 +149,26 @@ class KeyRequest:
     lifecycle_requested_by: str | None = None
     # requester links already used (token id -> when): each link acts once
     links_used: Mapping[str, datetime] = dataclasses.field(default_factory=dict)
+    # an admin let this denial go before requests.deny_cooldown ran out: the mailbox may ask again
+    denial_cleared_by: str | None = None
+    denial_cleared_at: datetime | None = None
+    # the mailbox's one spelling (canonical_email): duplicates, limits and blocks go by it;
+    # None for a request stored before it was recorded (then the lower-cased email stands in)
+    canonical_email: str | None = None
     # the store's optimistic-concurrency token; None for a request not yet stored
     resource_version: str | None = None
 
     @classmethod
-    def new(cls, email: str, model: str, now: datetime | None = None) -> KeyRequest:
+    def new(cls, email: str, model: str, now: datetime | None = None,
+            canonical_email: str | None = None) -> KeyRequest:
         now = now or utcnow()
         return cls(id=new_request_id(), email=email, model=model, state=State.PENDING,
-                   created_at=now, updated_at=now)
+                   created_at=now, updated_at=now, canonical_email=canonical_email)
+
+    @property
+    def mailbox(self) -> str:
+        """Who asked, as duplicates, limits and blocks count it."""
+        return self.canonical_email or self.email.lower()
 
     @property
     def finished(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from shared.config import Approval, CatalogModel, MatchRule, WebhookRule
@@ -43,8 +43,26 @@ def _matches(rule: MatchRule, request: KeyRequest) -> bool:
     return all(checks)
 
 
+def in_domains(domain: str, domains: Sequence[str]) -> bool:
+    """`domain` is one of `domains` or a subdomain of one (all lower-case ASCII)."""
+    return any(domain == d or domain.endswith("." + d) for d in domains)
+
+
 def decide(request: KeyRequest, model: CatalogModel | None, approval: Approval,
-           ask_webhook: AskWebhook) -> Decision:
+           ask_webhook: AskWebhook, allowed_domains: Sequence[str] = ()) -> Decision:
+    """The first rule that decides; with `allowed_domains` (requests.allowed_email_domains) an
+    address outside them is never approved without a reviewer, whatever the rules say (a request
+    stored before the list changed, or by hand)."""
+    decision = _decide(request, model, approval, ask_webhook)
+    domain = request.email.rsplit("@", 1)[-1].lower()
+    if decision.decision == "approve" and allowed_domains and not in_domains(domain, allowed_domains):
+        return Decision("review", f"{domain} is not one of requests.allowed_email_domains, so a reviewer decides",
+                        f"{decision.decided_by}, outside the allowed domains")
+    return decision
+
+
+def _decide(request: KeyRequest, model: CatalogModel | None, approval: Approval,
+            ask_webhook: AskWebhook) -> Decision:
     if model is None:
         return Decision("deny", f"model {request.model} is no longer in the catalog", "catalog")
     if model.auto_approve is True:

@@ -18,7 +18,7 @@ from shared.domain.request import KeyRequest, State, utcnow
 from shared.http.auth import Principal, authenticate
 from shared.http.body import read_json
 from shared.http.responses import HttpError, handles_errors, json_response
-from shared.services import lifecycle, review
+from shared.services import blocks, lifecycle, review
 from shared.services.ports import InvalidArgument
 
 bp = func.Blueprint()
@@ -60,7 +60,9 @@ def detail(request: KeyRequest) -> dict[str, Any]:
             "decided_by": request.decided_by, "decided_at": when(request.decided_at),
             "attempts": request.attempts, "last_error": request.last_error,
             "next_attempt_at": when(request.next_attempt_at),
-            "references": {k: v for k, v in request.references.items() if not k.endswith("-prepared")}}
+            "references": {k: v for k, v in request.references.items() if not k.endswith("-prepared")},
+            "canonical_email": request.mailbox, "denial_cleared_by": request.denial_cleared_by,
+            "denial_cleared_at": when(request.denial_cleared_at)}
 
 
 def _states(req: func.HttpRequest) -> list[State]:
@@ -181,3 +183,77 @@ def admin_renew_request(req: func.HttpRequest) -> func.HttpResponse:
 @handles_errors
 def admin_rotate_request(req: func.HttpRequest) -> func.HttpResponse:
     return _lifecycle(req, "rotate")
+
+
+@bp.function_name("admin_clear_denial")
+@bp.route(route="api/admin/requests/{request_id}/clear-denial", methods=["POST"], auth_level=ANONYMOUS)
+@handles_errors
+def admin_clear_denial(req: func.HttpRequest) -> func.HttpResponse:
+    """Let a denied mailbox and model ask again before requests.deny_cooldown runs out."""
+    principal = _caller(req)
+    body = read_json(req, DecisionBody, allow_empty=True)
+    try:
+        request = blocks.clear_denial(context.request_store(), req.route_params["request_id"],
+                                      principal.audit_name, body.reason)
+    except blocks.NotDenied as exc:
+        raise HttpError(409, str(exc), {"state": exc.request.state.value}) from None
+    return json_response({"success": True, "request_id": request.id, "state": request.state.value,
+                          "message": f"The denial of request {request.id} is cleared: {request.email} may ask "
+                                     f"for {request.model} again"})
+
+
+# --- blocks: addresses and domains that may not ask ---------------------------------------------------
+
+
+class BlockBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    address: str | None = Field(None, max_length=254)
+    domain: str | None = Field(None, max_length=253)
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+def _block_target(req: func.HttpRequest) -> dict[str, str | None]:
+    unknown = sorted(set(req.params) - {"address", "domain"})
+    if unknown:
+        raise HttpError(422, f"Invalid query: {', '.join(unknown)} is not address or domain",
+                        [{"field": name, "reason": "unknown parameter"} for name in unknown])
+    return {"address": req.params.get("address") or None, "domain": req.params.get("domain") or None}
+
+
+@bp.function_name("admin_list_blocks")
+@bp.route(route="api/admin/blocks", methods=["GET"], auth_level=ANONYMOUS)
+@handles_errors
+def admin_list_blocks(req: func.HttpRequest) -> func.HttpResponse:
+    _caller(req)
+    try:
+        items, token = context.block_store().list(_limit(req), req.params.get("continue"))
+    except InvalidArgument:
+        raise HttpError(422, "Invalid continue token: it may have expired; list again from the start",
+                        [{"field": "continue", "reason": "not recognised"}]) from None
+    return json_response({"blocks": [b.public() for b in items], "continue_token": token},
+                         headers={CONTINUE_HEADER: token} if token else {})
+
+
+@bp.function_name("admin_put_block")
+@bp.route(route="api/admin/blocks", methods=["PUT"], auth_level=ANONYMOUS)
+@handles_errors
+def admin_put_block(req: func.HttpRequest) -> func.HttpResponse:
+    principal = _caller(req)
+    body = read_json(req, BlockBody)
+    block, created = blocks.put(context.block_store(), context.config(), principal.audit_name, body.reason,
+                                address=body.address, domain=body.domain)
+    return json_response({"success": True, "created": created, "block": block.public(),
+                          "message": f"Requests from {block.kind} {block.value} are refused from now on"},
+                         201 if created else 200)
+
+
+@bp.function_name("admin_delete_block")
+@bp.route(route="api/admin/blocks", methods=["DELETE"], auth_level=ANONYMOUS)
+@handles_errors
+def admin_delete_block(req: func.HttpRequest) -> func.HttpResponse:
+    principal = _caller(req)
+    removed = blocks.remove(context.block_store(), context.config(), principal.audit_name, **_block_target(req))
+    if removed is None:
+        raise HttpError(404, "No such block", [{"field": "address/domain", "reason": "not blocked"}])
+    return json_response({"success": True, "block": removed.public(),
+                          "message": f"The block of {removed.kind} {removed.value} is lifted"})

@@ -31,6 +31,10 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 60.0
+# A username's failures per minute, from every address together, may be this many times one
+# address's: a spray from many addresses at one account is stopped too, and the owner is not
+# locked out by one address guessing.
+USERNAME_BUDGET_FACTOR = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +68,10 @@ class _FailedLogins:
                 return max(1, int(WINDOW_SECONDS - (now - seen[0])) + 1)
             return None
 
+    def reset(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
     def record(self, client: str) -> None:
         now = time.monotonic()
         with self._lock:
@@ -76,8 +84,30 @@ failed_logins = _FailedLogins()
 
 
 def client_of(req: func.HttpRequest) -> str:
-    forwarded = req.headers.get("x-forwarded-for", "")
-    return forwarded.split(",", 1)[0].strip().rsplit(":", 1)[0] if forwarded else "unknown"
+    """The caller's address as the platform saw it: the last X-Forwarded-For hop, the one App
+    Service's front end (and the local host, from the socket) appends. Earlier hops are whatever
+    the caller wrote, so they cannot key a limit."""
+    hops = [hop.strip() for hop in req.headers.get("x-forwarded-for", "").split(",") if hop.strip()]
+    if not hops:
+        return "no-address"  # not behind the platform: one budget for all such callers
+    last = hops[-1]
+    if last.startswith("["):  # [IPv6]:port
+        return last[1:].split("]", 1)[0]
+    return last.rsplit(":", 1)[0] if last.count(":") == 1 else last  # IPv4:port, or a bare IPv6
+
+
+def username_key(username: str) -> str:
+    return "user:" + username[:256].lower()
+
+
+def _login_wait(req: func.HttpRequest, settings: Settings, username: str | None = None) -> None:
+    """429 once the caller's address, or (for Basic) the username, used up its failures this minute."""
+    limit = settings.admin_login_attempts_per_minute
+    wait = failed_logins.retry_after(client_of(req), limit)
+    if wait is None and username is not None:
+        wait = failed_logins.retry_after(username_key(username), USERNAME_BUDGET_FACTOR * limit)
+    if wait is not None:
+        raise HttpError(429, "Too many failed logins; try again later", headers={"Retry-After": str(wait)})
 
 
 def _same(given: str, expected: str) -> bool:
@@ -92,8 +122,10 @@ def authenticate(req: func.HttpRequest, settings: Settings) -> Principal:
     """The caller, or HttpError 401 / 403 / 429."""
     key = req.headers.get("x-functions-key") or req.headers.get("x-api-key")
     if key:
+        _login_wait(req, settings)  # wrong API keys count against the address too
         if settings.admin_api_key and _same(key, settings.admin_api_key.get_secret_value()):
             return Principal("api-key", "api-key")
+        failed_logins.record(client_of(req))
         log.warning("admin API: wrong API key from %s", client_of(req))
         raise _unauthorized("The API key is not valid")
 
@@ -110,19 +142,18 @@ def _basic(req: func.HttpRequest, token: str, settings: Settings) -> Principal:
     if settings.admin_password is None:
         raise _unauthorized("Basic authentication is disabled here: ADMIN_PASSWORD is not set")
     client = client_of(req)
-    wait = failed_logins.retry_after(client, settings.admin_login_attempts_per_minute)
-    if wait is not None:
-        raise HttpError(429, "Too many failed logins; try again later", headers={"Retry-After": str(wait)})
     try:
         username, _, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError):
         username, password = "", ""
+    _login_wait(req, settings, username)
     # Both compared, always: the time taken does not tell which one was wrong.
     user_ok = _same(username, settings.admin_username)
     password_ok = _same(password, settings.admin_password.get_secret_value())
     if user_ok and password_ok:
         return Principal(username, "basic")
     failed_logins.record(client)
+    failed_logins.record(username_key(username))
     log.warning("admin API: failed Basic login for user %r from %s", username[:64], client)
     raise _unauthorized("Invalid username or password")
 
@@ -140,7 +171,7 @@ def app_service_principal(headers: Mapping[str, str], settings: Settings, what: 
         role_type = principal.get("role_typ") or "roles"
         claims = principal.get("claims") or []
         roles = {c.get("val") for c in claims if c.get("typ") in (role_type, "roles")}
-    except (KeyError, ValueError, binascii.Error, AttributeError, TypeError):
+    except (KeyError, ValueError, binascii.Error, AttributeError, TypeError, RecursionError):
         raise _unauthorized("The App Service principal header is malformed") from None
     name = headers.get("x-ms-client-principal-name") or "unknown"
     if settings.admin_role not in roles:

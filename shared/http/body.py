@@ -30,6 +30,8 @@ def read_json(req: func.HttpRequest, schema: type[Model], allow_empty: bool = Fa
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HttpError(400, f"The body is not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. 16,000 "[": the parser's stack, not a server error
+        raise HttpError(400, "The body is not valid JSON: it nests too deeply") from None
     if not isinstance(data, dict):
         reason = f"must be a JSON object, not {type(data).__name__}"
         raise HttpError(422, f"Invalid request: (body): {reason}", [{"field": "(body)", "reason": reason}])

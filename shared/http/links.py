@@ -30,7 +30,7 @@ from shared.domain import links
 from shared.domain.request import InvalidInput, KeyRequest, State, utcnow
 from shared.services import intake, lifecycle
 from shared.services.links import LINK_PATH
-from shared.services.ports import Conflict, NotFound, StoreUnavailable
+from shared.services.ports import Conflict, NotFound, Refused, StoreUnavailable
 
 log = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -271,6 +271,9 @@ def link_act(req: func.HttpRequest) -> func.HttpResponse:
         raise LinkPage(422, "A new key cannot be asked for this way",
                        f"The {'model' if exc.field == 'llm' else exc.field} is no longer accepted here. "
                        "Nothing has changed; ask your platform team.") from None
+    except Refused as exc:  # ask again: the mailbox is blocked, or a denial still stands
+        raise LinkPage({"blocked": 403, "denied": 409}.get(exc.kind, 429), "A new key cannot be asked for now",
+                       f"{exc.message} Nothing has changed.") from None
     except Conflict:
         raise LinkPage(409, "Please try again", "The request changed while we were recording this. "
                                                 "Nothing has changed; open the link from your email again.") from None

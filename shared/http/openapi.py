@@ -16,6 +16,9 @@ bp = func.Blueprint()
 _ERRORS = {
     "400": "malformed JSON", "404": "not found", "413": "body over 16 KiB",
     "415": "not application/json", "422": "a field is invalid; `detail` names it",
+    "403": "the address or its domain is blocked by the platform team",
+    "409": "the same mailbox and model were denied less than requests.deny_cooldown ago (Retry-After)",
+    "429": "over one of requests.limits; retry after Retry-After seconds",
     "503": "the request store is unavailable; retry after Retry-After seconds",
 }
 
@@ -93,6 +96,33 @@ def _admin_paths() -> dict[str, Any]:
                ("renew", "renewal", "Renew an active key: the same key, a new expiry, after the rules agree again"),
                ("rotate", "rotation", "Rotate an active key: a new key is emailed, the old one stops after "
                                       "provisioning.rotation_grace"))},
+        "/api/admin/requests/{request_id}/clear-denial": {"post": _op(
+            "Let a denied mailbox and model ask again before requests.deny_cooldown runs out",
+            {**acted, "409": "the request is not denied"}, operationId="adminClearDenial", parameters=_ID,
+            requestBody=decision)},
+        "/api/admin/blocks": {
+            "get": _op("List the blocked addresses and domains", {"200": "{blocks: [{kind, value, reason, "
+                                                                         "blocked_by, blocked_at}], continue_token}",
+                                                                  "401": "not authenticated",
+                                                                  "422": "bad limit or continue token"},
+                       operationId="adminListBlocks", parameters=[
+                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                       "maximum": 500}},
+                           {"name": "continue", "in": "query", "schema": {"type": "string"}}]),
+            "put": _op("Block an address (its canonical form) or a domain (with its subdomains)",
+                       {"201": "blocked", "200": "the block replaced", "401": "not authenticated",
+                        "422": "name exactly one of address or domain, and a reason"},
+                       operationId="adminPutBlock", requestBody={"required": True, "content": {"application/json": {
+                           "schema": {"type": "object", "additionalProperties": False, "required": ["reason"],
+                                      "properties": {"address": {"type": "string", "maxLength": 254},
+                                                     "domain": {"type": "string", "maxLength": 253},
+                                                     "reason": {"type": "string", "minLength": 1,
+                                                                "maxLength": 1000}}}}}}),
+            "delete": _op("Lift a block", {"200": "lifted", "401": "not authenticated", "404": "no such block",
+                                           "422": "name exactly one of address or domain"},
+                          operationId="adminDeleteBlock", parameters=[
+                              {"name": "address", "in": "query", "schema": {"type": "string"}},
+                              {"name": "domain", "in": "query", "schema": {"type": "string"}}])},
     }
 
 
@@ -165,6 +195,13 @@ def _public_paths() -> dict[str, Any]:
     return {
         "/api/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/api/docs": {"get": {"operationId": "apiDocs", "summary": "This document as a page (Swagger UI)",
+                              "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+        "/api/docs/{asset}": {"get": {
+            "operationId": "apiDocsAsset",
+            "summary": "A file of the API page (swagger-ui.css, swagger-ui-bundle.js, init.js)",
+            "parameters": [{"name": "asset", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the file"}, **_errors("404")}}},
         "/health": {"get": {"operationId": "health", "summary": "Liveness, and whether the store answers",
                             "responses": {"200": _json(schemas.Health, "healthy"),
                                           "503": _json(schemas.Health, "the store does not answer")}}},
@@ -175,12 +212,12 @@ def _public_paths() -> dict[str, Any]:
             "responses": {"200": _json(schemas.FeaturedModelList, "the featured models")}}},
         "/api/request-key": {"post": {
             "operationId": "requestKey",
-            "summary": "Ask for a key; a second ask for the same email and model returns the first",
+            "summary": "Ask for a key; a second ask for the same mailbox and model returns the first",
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref(schemas.KeyRequestBody)}}},
             "responses": {"201": _json(schemas.KeyRequestAnswer, "a new request was recorded"),
                           "200": _json(schemas.KeyRequestAnswer, "an open request already exists"),
-                          **_errors("400", "413", "415", "422", "503")}}},
+                          **_errors("400", "403", "409", "413", "415", "422", "429", "503")}}},
         "/api/requests/{request_id}": {"get": {
             "operationId": "getRequestStatus", "summary": "A request's status (never its key)",
             "parameters": [{"name": "request_id", "in": "path", "required": True,

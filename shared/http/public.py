@@ -73,6 +73,6 @@ def request_status(req: func.HttpRequest) -> func.HttpResponse:
         "message": intake.status_message(request, bool(context.config().notifications.admins)),
         "created_at": request.created_at.isoformat(),
         "updated_at": request.updated_at.isoformat(),
-        "reason": request.reason if request.state.value in ("denied", "failed", "revoked") else None,
+        "reason": intake.public_reason(request),  # never a backend's raw text
         "expires_at": request.expires_at.isoformat() if request.expires_at else None,
     })

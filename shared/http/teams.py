@@ -107,6 +107,8 @@ def _file_of(req: func.HttpRequest) -> Upload:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HttpError(400, f"The body is not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. 16,000 "[": the parser's stack, not a server error
+        raise HttpError(400, "The body is not valid JSON: it nests too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("content"), str):
         raise HttpError(422, "Invalid request: content: the access.yaml text is required as a string",
                         [{"field": "content", "reason": "required string"}])
@@ -147,11 +149,12 @@ def _team_param(req: func.HttpRequest) -> str:
     return name
 
 
-def _check(source: str, text: str) -> tuple[Any, Plan]:
+def _check(source: str, text: str, reveal_stored: bool = True) -> tuple[Any, Plan]:
     from shared.domain.team import TeamFileError
 
     try:
-        return _teams().check(text, source, _catalog(), context.team_store(), context.team_api_ids())
+        return _teams().check(text, source, _catalog(), context.team_store(), context.team_api_ids(),
+                              reveal_stored=reveal_stored)
     except TeamFileError as exc:
         raise _invalid(exc) from None
 
@@ -160,8 +163,14 @@ def _check(source: str, text: str) -> tuple[Any, Plan]:
 @bp.route(route="api/teams/validate", methods=["POST"], auth_level=ANONYMOUS)
 @handles_errors
 def teams_validate(req: func.HttpRequest) -> func.HttpResponse:
+    # Anonymous callers see the plan without the stored owner, cost centre and last error; a caller
+    # that sends admin credentials sees them (wrong credentials are a 401, as on the other endpoints).
+    credentials = any(req.headers.get(h) for h in ("authorization", "x-functions-key", "x-api-key")) or (
+        context.settings().admin_trust_app_service_auth and bool(req.headers.get("x-ms-client-principal")))
+    if credentials:
+        authenticate(req, context.settings())
     source, text, _ = _file_of(req)
-    spec, plan = _check(source, text)
+    spec, plan = _check(source, text, reveal_stored=credentials)
     return json_response({"valid": True, "team": spec.name, "message": f"{source} is valid: team {spec.name}, "
                                                                        f"{plan.action}", "plan": plan.as_dict()})
 

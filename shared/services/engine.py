@@ -33,12 +33,15 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Generic, Protocol, Self, TypeVar
 
+from shared import logfields, telemetry
 from shared.domain.request import utcnow
 from shared.services import ticks
 from shared.services.ports import BackendError, Conflict, NotFound, PermanentError, StoreError, TransientError
 from shared.services.ticks import TickReport
 
 log = logging.getLogger(__name__)
+# The structured log field of each flow's records (shared/logfields.py).
+_LOG_FIELD = {"request": logfields.REQUEST_ID, "team": logfields.TEAM}
 
 # What became of one step.
 DONE, RETRY, FAILED = "done", "retry", "failed"
@@ -138,17 +141,36 @@ class Engine(Generic[R]):
         # step is what has to fit in functionTimeout (shared/startup_checks.py).
         self._deadline = time.monotonic() + self.options.time_budget_seconds
         now = self.clock()
-        due = [r for r in self.flow.due() if r.next_attempt_at is None or r.next_attempt_at <= now]
+        swept = list(self.flow.due())
+        due = [r for r in swept if r.next_attempt_at is None or r.next_attempt_at <= now]
         kind = self.flow.kind
+        states: dict[str, int] = {}
+        for r in swept:
+            state = getattr(getattr(r, "state", None), "value", None)
+            if state is not None:
+                states[state] = states.get(state, 0) + 1
+        telemetry.record_states(states)
         report = ticks.run_tick(due, self.advance, describe=lambda r: f"{kind} {self.flow.ident(r)}",
                                 concurrency=self.options.concurrency,
-                                budget_seconds=self.options.time_budget_seconds, name=kind)
+                                budget_seconds=self.options.time_budget_seconds, name=kind,
+                                fields=self._log_fields)
+        telemetry.record_tick(kind, report.due, report.seconds, self.options.time_budget_seconds)
         return report
 
     # --- one record -----------------------------------------------------------------------------
 
+    def _log_fields(self, record: R) -> dict[str, str]:
+        """The structured log field naming `record`: `request_id` or `team` (shared/logfields.py)."""
+        return {_LOG_FIELD.get(self.flow.kind, f"{self.flow.kind}_id"): self.flow.ident(record)}
+
     def advance(self, record: R) -> str | None:
-        """Move one record as far as it goes now; its outcome, or None if skipped."""
+        """Move one record as far as it goes now; its outcome, or None if skipped. Every line
+        logged meanwhile carries the record's id as a structured field."""
+        fields = self._log_fields(record)
+        with telemetry.span(f"{self.flow.kind} process", fields), logfields.bound(**fields):
+            return self._advance(record)
+
+    def _advance(self, record: R) -> str | None:
         now = self.clock()
         if record.next_attempt_at is not None and record.next_attempt_at > now:
             return None
@@ -205,15 +227,19 @@ class Engine(Generic[R]):
         try:
             changed = step.run(record)
         except TransientError as exc:
+            telemetry.record_step(step.name, "retry")
             return self._retry_later(step, self._annotated(step, record, exc), exc.message, exc.retry_after)
         except PermanentError as exc:
+            telemetry.record_step(step.name, "failed")
             return self._fail(step, self._annotated(step, record, exc), exc.message), FAILED
         except StoreError:
             raise
         except Exception as exc:  # a bug in one step must not stall the record forever
+            telemetry.record_exception(exc)
             log.exception("%s %s: step %s raised %s", self.flow.kind, self.flow.ident(record), step.name,
                           type(exc).__name__)
             return self._retry_later(step, record, f"step {step.name} raised {type(exc).__name__}", None)
+        telemetry.record_step(step.name, "done")
         now = self.clock()
         # Each recorded step renews the lease; the last one (nothing left to do now) releases it.
         last = self.flow.next_step(changed, now) is None
@@ -233,8 +259,7 @@ class Engine(Generic[R]):
     def _retry_later(self, step: Step[R], record: R, message: str, retry_after: float | None) -> tuple[R, str]:
         attempts = record.attempts + 1
         if attempts >= self.options.max_attempts:
-            log.error("%s %s: step %s gave up after %d attempts: %s", self.flow.kind, self.flow.ident(record),
-                      step.name, attempts, message)
+            # Logged once, by the flow's failure path (flow.fail), with the reason below.
             return self._fail(step, record.with_changes(self.clock(), attempts=attempts),
                               f"gave up after {attempts} attempts: {message}"), FAILED
         delay = retry_delay(attempts, self.options.backoff_base_seconds, self.options.backoff_max_seconds,

@@ -99,7 +99,8 @@ class KeyLife:
     # --- renewal ------------------------------------------------------------------------------
 
     def decide_renewal(self, request: KeyRequest, _: str, __: int) -> KeyRequest:
-        decision = rules.decide(request, self.config.model(request.model), self.config.approval, self.ask_webhook)
+        decision = rules.decide(request, self.config.model(request.model), self.config.approval, self.ask_webhook,
+                                self.config.requests.allowed_email_domains)
         now = self.clock()
         log.info("request %s: renewal %s by %s (%s)", request.id, decision.decision, decision.decided_by,
                  decision.reason)

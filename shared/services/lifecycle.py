@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+from shared import logfields
 from shared.config import AppConfig
 from shared.domain import request_steps
 from shared.domain.links import ACTIONS, Action
@@ -158,4 +159,5 @@ def _request_again(store: RequestStore, config: AppConfig, request_id: str, who:
 
 def _audit(who: str, action: str, request: KeyRequest, reason: str | None, extra: str = "") -> None:
     log.info("audit: %s %s request %s (%s, %s)%s%s", who, PAST[action], request.id, request.model,
-             request.state.value, f": {reason}" if reason else "", f" {extra}" if extra else "")
+             request.state.value, f": {reason}" if reason else "", f" {extra}" if extra else "",
+             extra=logfields.fields(request_id=request.id))

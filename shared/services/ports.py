@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from shared.config import CatalogModel
+from shared.domain.blocks import Block, BlockKind
 from shared.domain.request import KeyRequest, State
 
 
@@ -35,18 +36,59 @@ class InvalidArgument(StoreError):
     """The store refused an argument (e.g. an expired or foreign list continue token)."""
 
 
+class Refused(Exception):
+    """Intake will not record this request: `kind` "blocked" (an admin blocked the address or its
+    domain), "denied" (a denial of the same mailbox and model still stands) or "limited" (over one of
+    requests.limits). `retry_after` is in seconds, when waiting helps."""
+
+    def __init__(self, kind: str, message: str, detail: list[dict[str, str]],
+                 retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class BlockStore(Protocol):
+    def find(self, keys: Iterable[tuple[BlockKind, str]]) -> Block | None:
+        """The first of `keys` (kind, value) that is blocked, each read by name; None when none is."""
+
+    def put(self, block: Block) -> tuple[Block, bool]:
+        """Record the block (True: new; False: it replaced the one for the same kind and value)."""
+
+    def delete(self, kind: BlockKind, value: str) -> Block | None:
+        """Remove it; the block removed, or None when there was none."""
+
+    def list(self, limit: int | None = None, continue_token: str | None = None) -> tuple[list[Block], str | None]:
+        """One page of the blocks, and the next page's token."""
+
+
 class RequestStore(Protocol):
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
 
     def get(self, request_id: str) -> KeyRequest | None: ...
 
-    def submit(self, request: KeyRequest) -> tuple[KeyRequest, bool]:
-        """Store `request` unless an unfinished one exists for its email and model.
+    def submit(self, request: KeyRequest, refuse: Callable[[KeyRequest], None] | None = None,
+               admit: Callable[[KeyRequest], None] | None = None) -> tuple[KeyRequest, bool]:
+        """Store `request` unless an unfinished one exists for its mailbox and model.
 
         Returns (the stored request, True) or (the existing one, False). Atomic: many callers
-        at once with the same email and model create exactly one request.
+        at once with the same mailbox and model create exactly one request. `refuse` sees the
+        finished request the new one would replace, and may raise (Refused) to keep it; `admit`
+        runs once this caller is the one to create, before anything of the request is written,
+        and may raise (Refused: over a limit) so that nothing is.
         """
+
+    def find_block(self, keys: Iterable[tuple[BlockKind, str]]) -> Block | None:
+        """As BlockStore.find, in the same namespace."""
+
+    def take_limit(self, scope: str, window: str, per_window: int | None, *, request_id: str | None = None,
+                   max_open: int | None = None) -> str | None:
+        """Count one more request in `scope` (a mailbox or a domain) for `window`, atomically across
+        instances; with `request_id`, remember it as open. None: admitted; "window": `per_window`
+        were already counted in this window; "open": `max_open` remembered requests are still open."""
 
     def update(self, request: KeyRequest) -> KeyRequest:
         """Write the request's labels and annotations; Conflict if its resource_version is stale."""

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 
+from shared import telemetry
 from shared.config import AppConfig, CatalogModel
 from shared.domain import lifecycle, rules
 from shared.domain import request_steps as steps
@@ -208,7 +209,7 @@ class Processor:
             log.error("request %s: %s email not sent: %s", request.id, kind, reason)
             return request.with_changes(now, last_error=f"{kind} email: {reason}",
                                         steps={**request.steps, f"notified-{kind}": now})
-        log.error("request %s failed: %s", request.id, reason)
+        log.error("request %s failed at step %s: %s", request.id, step, reason)
         if request.state == State.FAILED:
             return request.with_changes(now, last_error=reason)
         return request.enter(State.FAILED, now, reason=reason, last_error=reason)
@@ -238,7 +239,7 @@ class Processor:
 
     def _decide(self, request: KeyRequest, _: str) -> KeyRequest:
         decision = rules.decide(request, self.config.model(request.model), self.config.approval,
-                                self.ask_webhook)
+                                self.ask_webhook, self.config.requests.allowed_email_domains)
         state = {"approve": State.APPROVED, "deny": State.DENIED, "review": State.IN_REVIEW}[decision.decision]
         now = self.clock()
         log.info("request %s: %s by %s (%s)", request.id, state, decision.decided_by, decision.reason)
@@ -349,6 +350,7 @@ class Processor:
         except PermanentError as exc:  # nobody got the key: take it back, tell the admins
             raise PermanentError(f"the approval email could not be delivered: {exc.message}") from None
         log.info("request %s: %s email sent to %d recipient(s)", request.id, "approved", len(email.to))
+        telemetry.record_activation((self.clock() - request.created_at).total_seconds())
         # Delivered: active, and the plain keys leave the Secret in this same write.
         return self.key_life.delivered(request)
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
+from shared import logfields
 from shared.domain import request_steps
 from shared.domain.request import KeyRequest, State, is_request_id, utcnow
 from shared.services.ports import Conflict, NotFound, RequestStore
@@ -80,6 +81,6 @@ def act(store: RequestStore, request_id: str, action: str, who: str, reason: str
         except Conflict:
             continue  # written since we read it: look again
         log.info("audit: %s %s request %s (%s, %s): %s", who, PAST[action], request.id, request.model,
-                 request.state.value, changes["reason"])
+                 request.state.value, changes["reason"], extra=logfields.fields(request_id=request.id))
         return updated
     raise Conflict(f"request {request_id} keeps changing; try again")

@@ -113,12 +113,24 @@ def resources(spec: TeamSpec, api_ids: Sequence[str]) -> dict[tuple[str, str], d
     return found
 
 
+UNREVEALED = ("owner and costCenter are compared with the stored team for authenticated callers only; "
+              "send the admin credentials to see them")
+
+
 def plan(spec: TeamSpec, stored: TeamRecord | None, api_ids: Sequence[str],
-         warnings: Sequence[str] = ()) -> Plan:
-    """What storing `spec` would change, compared with the stored team (None: nothing stored)."""
+         warnings: Sequence[str] = (), reveal_stored: bool = True) -> Plan:
+    """What storing `spec` would change, compared with the stored team (None: nothing stored).
+    Without `reveal_stored` (an anonymous caller) the stored owner, cost centre and last error
+    are not shown; what the file itself says always is."""
     current = stored if stored is not None and not stored.deleting else None
     new = resources(spec, api_ids)
-    old = {} if current is None else resources(current.spec, current.applied.get("apis") or api_ids)
+    stored_spec = None if current is None else current.spec
+    if stored_spec is not None and not reveal_stored:
+        # Compare as if the stored owner and cost centre were the file's: neither the diff nor the
+        # action may tell an anonymous caller whether a guess of them is right.
+        stored_spec = stored_spec.model_copy(update={"owner": spec.owner, "cost_center": spec.cost_center})
+    old = {} if current is None or stored_spec is None else resources(stored_spec,
+                                                                      current.applied.get("apis") or api_ids)
     changes: list[Change] = []
     for key, props in new.items():
         if key not in old:
@@ -143,7 +155,7 @@ def plan(spec: TeamSpec, stored: TeamRecord | None, api_ids: Sequence[str],
             changes.append(Change("delete", key[0], key[1]))
     if current is None:
         action = "create"
-    elif current.spec.fingerprint() == spec.fingerprint():
+    elif stored_spec is not None and stored_spec.fingerprint() == spec.fingerprint():
         action = "unchanged"
     else:
         action = "update"
@@ -151,8 +163,11 @@ def plan(spec: TeamSpec, stored: TeamRecord | None, api_ids: Sequence[str],
     extra = list(warnings)
     if stored is not None and stored.deleting:
         extra.append(f"team {spec.name} is being deleted; storing this file cancels the deletion and re-creates it")
+    if current is not None and not reveal_stored:
+        extra.append(UNREVEALED)
     if stored is not None and stored.phase == "failed" and stored.last_error:
-        extra.append(f"the stored team's last reconcile failed: {stored.last_error}")
+        extra.append(f"the stored team's last reconcile failed: {stored.last_error}" if reveal_stored
+                     else "the stored team's last reconcile failed (authenticate to see why)")
     return Plan(team=spec.name, action=action, shape=spec.shape, changes=tuple(changes),
                 models=tuple(model_summary(g, spec) for g in spec.models), limits=limits_dict(spec),
                 notes=spec.notes, compared_with=compared, warnings=tuple(extra))

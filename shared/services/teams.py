@@ -28,23 +28,27 @@ from shared.services.team_plan import Change, Plan, limits_dict, model_summary, 
 from shared.services.team_ports import TeamApim, TeamStore, Workspaces
 
 audit = logging.getLogger("shared.audit")
+log = logging.getLogger(__name__)
 
 
 def check(text: str, source: str, catalog: TeamCatalog, store: TeamStore | None,
-          api_ids: Sequence[str]) -> tuple[TeamSpec, Plan]:
+          api_ids: Sequence[str], reveal_stored: bool = True) -> tuple[TeamSpec, Plan]:
     """Parse one file (TeamFileError lists its problems) and plan it against what is stored. If
-    the store does not answer, the plan compares with nothing and says so."""
+    the store does not answer, the plan compares with nothing and says so. Without `reveal_stored`
+    the plan hides the stored owner, cost centre and last error (team_plan.plan)."""
     spec = parse(text, source, catalog)
     stored, warnings = None, []
     if store is not None:
         try:
             stored = store.get(spec.name)
-        except StoreError as exc:
-            warnings.append(f"the stored team could not be read ({exc}); this plan compares with nothing")
+        except StoreError as exc:  # its text (a Kubernetes message) goes to the log, not to the caller
+            log.warning("team %s: the stored team could not be read: %s", spec.name, exc)
+            warnings.append("the stored team could not be read (the store did not answer); this plan compares "
+                            "with nothing")
     if stored is not None and stored.source and source not in ("(body)", stored.source):
         warnings.append(f"team {spec.name} is stored from {stored.source}, this file is {source}: "
                         "two files must not claim one team (fine if the file moved)")
-    return spec, plan(spec, stored, api_ids, warnings)
+    return spec, plan(spec, stored, api_ids, warnings, reveal_stored=reveal_stored)
 
 
 def submit(store: TeamStore, spec: TeamSpec, source: str | None, who: str,

@@ -34,11 +34,13 @@ REQUEST_NAME_PREFIX = "llm-key-request-"
 CLAIM_NAME_PREFIX = "llm-key-claim-"
 
 # KeyRequest field -> annotation (without prefix). Timestamps as ISO 8601 strings.
-_TEXT = {"email": "email", "model": "model", "decision": "decision", "reason": "reason",
-         "decided_by": "decided-by", "last_error": "last-error", "lifecycle_requested_by": "lifecycle-requested-by"}
+_TEXT = {"email": "email", "canonical_email": "canonical-email", "model": "model", "decision": "decision",
+         "reason": "reason", "decided_by": "decided-by", "last_error": "last-error",
+         "lifecycle_requested_by": "lifecycle-requested-by", "denial_cleared_by": "denial-cleared-by"}
 _TIMES = {"created_at": "created-at", "updated_at": "updated-at", "decided_at": "decided-at",
           "next_attempt_at": "next-attempt-at", "expires_at": "expires-at", "due_at": "due-at",
-          "renew_requested_at": "renew-requested-at", "rotate_requested_at": "rotate-requested-at"}
+          "renew_requested_at": "renew-requested-at", "rotate_requested_at": "rotate-requested-at",
+          "denial_cleared_at": "denial-cleared-at"}
 _INTS = {"attempts": "attempts"}
 
 

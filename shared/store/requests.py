@@ -19,13 +19,17 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared import logfields
+from shared.domain.blocks import Block, BlockKind
 from shared.domain.request import KeyRequest, State
 from shared.services.ports import Conflict, NotFound, StoreError, StoreUnavailable
 from shared.store import codec
+from shared.store.blocks import KubernetesBlockStore
+from shared.store.limits import KubernetesLimitStore
 from shared.store.secrets import SecretsGateway
 
 log = logging.getLogger(__name__)
@@ -33,7 +37,8 @@ log = logging.getLogger(__name__)
 CLAIM_REQUEST_ANNOTATION = codec.PREFIX + "request-id"
 CLAIM_TIME_ANNOTATION = codec.PREFIX + "claimed-at"
 # How long a claim may point at a request that does not exist yet before it counts as abandoned
-# (its writer died between writing the claim and the request).
+# (its writer died between writing the claim and the request). At least this, and always longer
+# than the writer's one create can take: twice the Kubernetes timeout plus 5 s (see __init__).
 CLAIM_GRACE = timedelta(seconds=10)
 HEALTH_PROBE_NAME = "llm-key-requestor-health-probe"
 # Request Secrets last read or written, so an update of what we just saw needs no second read.
@@ -47,6 +52,9 @@ class InvalidRecordError(StoreError):
 class KubernetesRequestStore:
     def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0) -> None:
         self._secrets = SecretsGateway(api_client, namespace, timeout_seconds)
+        self._claim_grace = max(CLAIM_GRACE, timedelta(seconds=2 * timeout_seconds + 5))
+        self._blocks = KubernetesBlockStore(self._secrets)
+        self._limits = KubernetesLimitStore(self._secrets)
         self.namespace = namespace
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._recent_lock = threading.Lock()
@@ -62,17 +70,47 @@ class KubernetesRequestStore:
         secret = self._secrets.read(codec.request_name(request_id))
         return None if secret is None else self._decode(secret)
 
-    def submit(self, request: KeyRequest) -> tuple[KeyRequest, bool]:
-        claim_name = _claim_name(request.email, request.model)
+    def find_block(self, keys: Iterable[tuple[BlockKind, str]]) -> Block | None:
+        return self._blocks.find(keys)
+
+    def take_limit(self, scope: str, window: str, per_window: int | None, *, request_id: str | None = None,
+                   max_open: int | None = None) -> str | None:
+        def is_open(request_id: str) -> bool:
+            found = self.get(request_id)
+            return found is not None and not found.finished
+
+        return self._limits.take(scope, window, per_window, request_id=request_id, max_open=max_open,
+                                 is_open=is_open)
+
+    def submit(self, request: KeyRequest, refuse: Callable[[KeyRequest], None] | None = None,
+               admit: Callable[[KeyRequest], None] | None = None) -> tuple[KeyRequest, bool]:
+        claim_name = _claim_name(request.mailbox, request.model)  # two spellings of one mailbox: one claim
         deadline = time.monotonic() + 5.0
         wait = 0.01
+        admitted = False
         while time.monotonic() < deadline:
             try:  # the common case, a first request for the pair: one create settles it
-                self._secrets.create(_claim_body(claim_name, request))
+                created_claim = self._secrets.create(_claim_body(claim_name, request))
             except Conflict:
                 pass
             else:
-                return self._create_request(request, claim_name), True
+                claim_version = created_claim["metadata"]["resourceVersion"]
+                if admit is not None and not admitted:
+                    try:  # only the caller that creates counts against the limits
+                        admit(request)
+                    except BaseException:
+                        with contextlib.suppress(StoreError):
+                            self._secrets.delete(claim_name, claim_version)
+                        raise
+                    # Counting took calls of its own: stamp the claim again, so that its grace
+                    # covers just the create below; a Conflict means it was taken over meanwhile.
+                    try:
+                        claim_version = self._secrets.patch_merge(
+                            claim_name, _claim_patch(claim_version, request))["metadata"]["resourceVersion"]
+                    except (Conflict, NotFound):
+                        raise StoreUnavailable("a concurrent request for this email and model took over; "
+                                               "try again") from None
+                return self._create_request(request, claim_name, claim_version), True
             claim = self._secrets.read(claim_name)
             if claim is None:
                 continue  # deleted since our create failed: try again
@@ -82,17 +120,23 @@ class KubernetesRequestStore:
             existing = self.get(existing_id) if existing_id else None
             if existing is not None and not existing.finished:
                 return existing, False
-            if existing is None and not _claim_abandoned(meta):
+            if existing is not None and refuse is not None:
+                refuse(existing)  # e.g. a denial that still stands: raises, and the claim stays
+            if existing is None and not _claim_abandoned(meta, self._claim_grace):
                 time.sleep(wait)  # the claim's writer is creating its request right now
                 wait = min(wait * 2, 0.2)
                 continue
+            if admit is not None and not admitted:
+                admit(request)  # may raise: the claim stays as it is
+                admitted = True  # counted once, even when the takeover below loses a race
             try:  # finished or abandoned: take the claim over, guarded by its resourceVersion
-                self._secrets.patch_merge(claim_name, _claim_patch(meta["resourceVersion"], request))
+                taken = self._secrets.patch_merge(claim_name, _claim_patch(meta["resourceVersion"], request))
             except (Conflict, NotFound):
                 continue
             log.info("request %s replaces %s for the same email and model (%s)", request.id,
-                     existing_id or "an abandoned claim", existing.state if existing else "missing")
-            return self._create_request(request, claim_name), True
+                     existing_id or "an abandoned claim", existing.state if existing else "missing",
+                     extra=logfields.fields(request_id=request.id))
+            return self._create_request(request, claim_name, taken["metadata"]["resourceVersion"]), True
         raise StoreUnavailable("could not settle a concurrent request for this email and model; try again")
 
     def update(self, request: KeyRequest) -> KeyRequest:
@@ -131,13 +175,25 @@ class KubernetesRequestStore:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _create_request(self, request: KeyRequest, claim_name: str) -> KeyRequest:
+    def _create_request(self, request: KeyRequest, claim_name: str, claim_version: str) -> KeyRequest:
+        name = codec.request_name(request.id)
         try:
             secret = self._secrets.create(codec.to_secret(request))
-        except StoreError:
-            # Leave no claim pointing at nothing; if this fails too, the claim expires by itself.
+        except StoreError as exc:
+            if isinstance(exc, (StoreUnavailable, Conflict)):
+                # A timeout or a lost answer: the apiserver may have stored it all the same. Look
+                # before undoing the claim, so no stored request is left without its claim.
+                try:
+                    stored = self._secrets.read(name)
+                except StoreError:
+                    raise exc from None  # keep the claim: it names the request, stored or not (grace)
+                if stored is not None:
+                    log.info("request %s was stored although its create failed (%s)", request.id, exc)
+                    return self._decode(stored)
+            # Leave no claim pointing at nothing, and delete it only as we wrote it; if this fails
+            # too, the claim counts as abandoned after its grace period.
             with contextlib.suppress(StoreError):
-                self._secrets.delete(claim_name)
+                self._secrets.delete(claim_name, claim_version)
             raise
         log.debug("request %s stored for model %s", request.id, request.model)
         return self._decode(secret)
@@ -185,10 +241,10 @@ def _claim_patch(resource_version: str, request: KeyRequest) -> dict[str, Any]:
                                          CLAIM_TIME_ANNOTATION: datetime.now(UTC).isoformat()}}}
 
 
-def _claim_abandoned(meta: dict[str, Any]) -> bool:
+def _claim_abandoned(meta: dict[str, Any], grace: timedelta = CLAIM_GRACE) -> bool:
     stamp = (meta.get("annotations") or {}).get(CLAIM_TIME_ANNOTATION)
     try:
         claimed = datetime.fromisoformat(stamp) if stamp else None
     except ValueError:
         claimed = None
-    return claimed is None or datetime.now(UTC) - claimed > CLAIM_GRACE
+    return claimed is None or datetime.now(UTC) - claimed > grace

@@ -64,6 +64,12 @@ def _read_team(raw: Any, issues: _Collector, catalog: TeamCatalog) -> tuple[str,
     if not display_name.isprintable():
         issues.add("team.displayName", "must be one line of printable text")
         ok = False
+    elif "{{" in display_name or "}}" in display_name:
+        # It reaches the team's APIM policy (the 403 body), where APIM replaces {{named-value}} at
+        # run time: a secret named value would be shown to every caller refused a model.
+        issues.add("team.displayName", "must not contain {{ or }}: APIM would replace {{name}} in the "
+                                       "policy with the named value of that name")
+        ok = False
     return (name, display_name, owner, cost_center) if ok else None
 
 

@@ -15,7 +15,20 @@ from shared.domain.team.issues import Issue, TeamFileError
 
 class _StrictLoader(yaml.SafeLoader):
     """safe_load that refuses a key given twice (PyYAML keeps the last one silently, which could
-    drop a limit without a word)."""
+    drop a limit without a word), and refuses anchors and aliases: the files are read by an
+    anonymous endpoint, and a few hundred bytes of nested aliases expand to gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        mark: Any = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not accepted here; write the value out", mark)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML anchors (&{anchor}) are not accepted here; write the value out", mark)
+        return super().compose_node(parent, index)
 
 
 def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -46,6 +59,8 @@ def load_yaml(text: str, source: str) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise TeamFileError([Issue(source, "(file)", f"not valid YAML{where}: {problem}")]) from None
+    except RecursionError:  # e.g. 16,000 "[": the parser's stack, not a server error
+        raise TeamFileError([Issue(source, "(file)", "not valid YAML: it nests too deeply")]) from None
     if raw is None:
         raise TeamFileError([Issue(source, "(file)", "is empty; it needs team and models (see docs/teams.md)")])
     if not isinstance(raw, dict):
