@@ -388,7 +388,7 @@ def print_profile(path: str, requests: int, clock: str) -> None:
         ("{method 'acquire' of '_thread.lock' objects}", ""),
     ]
     rows = []
-    for (file, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():
+    for (file, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items():
         for want_file, want_name in interesting:
             if (want_name and file.endswith(want_file) and name == want_name) or (not want_name and name == want_file):
                 rows.append((ct, nc, tt, f"{Path(file).name}:{line} {name}"))

@@ -171,3 +171,7 @@ def litellm_standin():
     standin = LiteLLMStandin().start()
     yield standin
     standin.stop()
+
+
+# The team fixtures (an ARM stand-in, the KAITO CRD, the catalog...) for every module that asks for them.
+from tests.teams_fixtures import apim_service, app_config, arm, catalog, harness, workspace_crd  # noqa: E402, F401

@@ -212,89 +212,14 @@ PRELOAD = ("kubernetes.client", "kubernetes.config", "urllib3", "azure.core", "a
 
 
 def serve_forks() -> int:
-    """`python -m tests.teams_crash_runner --fork-server`: import what a run needs once, then for
-    each JSON line {"argv", "env", "out", "err"} on stdin fork a child that runs `main(argv)` with
-    exactly `env` as its environment and its stdout/stderr in the files `out`/`err`, and answer
-    {"pid": ...}; when a child ends, {"exited": pid, "returncode": ...} (-9 for SIGKILL). Every
-    child is forked from this clean process, never from an earlier run: no state carries over
-    (nothing of the app is built here, only modules imported). Single-threaded, so fork is safe."""
-    import importlib
-    import select
+    """`--fork-server`: forks each run of `main` from a process that imported PRELOAD once
+    (tests/fork_server.py)."""
+    from tests import fork_server
 
-    kubernetes_client = None
-    for name in PRELOAD:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if name == "kubernetes.client":
-            kubernetes_client = module
-    if kubernetes_client is not None:  # its classes load lazily, on first attribute access
-        for attribute in ("CoreV1Api", "CustomObjectsApi", "ApiClient", "Configuration"):
-            getattr(kubernetes_client, attribute, None)
-
-    def answer(message: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(message) + "\n")
-        sys.stdout.flush()
-
-    children: set[int] = set()
-    stdin_open = True
-    pending = b""  # what was read from stdin past the last whole line (os.read: no hidden buffer)
-    while stdin_open or children or b"\n" in pending:
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                children.clear()
-                break
-            if pid == 0:
-                break
-            children.discard(pid)
-            answer({"exited": pid, "returncode": os.waitstatus_to_exitcode(status)})
-        if b"\n" not in pending:
-            if not stdin_open:
-                time.sleep(0.02)
-                continue
-            ready, _, _ = select.select([0], [], [], 0.02)
-            if not ready:
-                continue
-            chunk = os.read(0, 65536)
-            if not chunk:
-                stdin_open = False
-            pending += chunk
-            continue
-        line, pending = pending.split(b"\n", 1)
-        if not line.strip():
-            continue
-        request = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the child: a run of its own
-            code = 1
-            try:
-                devnull = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(devnull, 0)
-                for fd, path in ((1, request["out"]), (2, request["err"])):
-                    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                    os.dup2(target, fd)
-                    os.close(target)
-                os.environ.clear()
-                os.environ.update(request["env"])
-                code = main(request["argv"])
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
-            except BaseException:  # noqa: BLE001 - report it like an interpreter would
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        children.add(pid)
-        answer({"pid": pid})
-    return 0
+    # the client's classes load on first attribute access: touch them here, once
+    lazy = [("kubernetes.client", name) for name in
+            ("CoreV1Api", "CustomObjectsApi", "ApiClient", "Configuration")]
+    return fork_server.serve(main, PRELOAD, lazy)
 
 
 if __name__ == "__main__":

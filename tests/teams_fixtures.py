@@ -185,7 +185,6 @@ class Harness:
         from shared.adapters.kaito import KaitoWorkspaces
         from shared.services.team_reconciler import TeamReconciler, TeamReconcilerOptions
         from shared.store.teams import KubernetesTeamStore
-
         from tests.clock import Clock
 
         self.clock = Clock()

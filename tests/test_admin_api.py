@@ -4,8 +4,8 @@ ways to authenticate, paging, decisions with their audit trail, and never a key.
 from __future__ import annotations
 
 import base64
-import logging
 import json
+import logging
 import uuid
 
 import pytest
@@ -129,7 +129,8 @@ def test_list_is_an_array_with_the_panel_fields_and_filters(admin):
                                    "expires_at"}
     assert listed.json[0]["created_at"].endswith("+00:00")
 
-    assert [r["request_id"] for r in admin.get("/api/admin/requests?filter=review", headers=basic()).json] == [in_review.id]
+    listed = admin.get("/api/admin/requests?filter=review", headers=basic()).json
+    assert [r["request_id"] for r in listed] == [in_review.id]
     everything = {r["request_id"] for r in admin.get("/api/admin/requests?filter=all", headers=basic()).json}
     assert everything == {pending.id, in_review.id, approved.id}
     by_state = admin.get("/api/admin/requests?state=approved", headers=basic()).json

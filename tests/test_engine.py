@@ -9,15 +9,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shared.services.engine import Engine, EngineOptions, Step, retry_delay
 from shared.services.ports import Conflict, PermanentError, TransientError
 
-T0 = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Item:
     lease_until: datetime | None = None
     version: int = 0
 
-    def with_changes(self, now: datetime, **changes: object) -> "Item":
+    def with_changes(self, now: datetime, **changes: object) -> Item:
         return dataclasses.replace(self, **changes)
 
 

@@ -158,7 +158,8 @@ def settings_the_app_reads() -> set[str]:
         for match in pattern.finditer(path.read_text()):
             names.add(match.group(1) or match.group(2))
     # kube.py reads its settings through a helper: _setting(value, env, "NAME")
-    names.update(re.findall(r"""_setting\([^)]*["']([A-Z][A-Z0-9_]+)["']\)""", (ROOT / "shared/store/kube.py").read_text()))
+    kube = (ROOT / "shared/store/kube.py").read_text()
+    names.update(re.findall(r"""_setting\([^)]*["']([A-Z][A-Z0-9_]+)["']\)""", kube))
     config = load_config(ROOT / "config.yaml")
     names.update(rule.secret_setting for rule in config.approval.rules if isinstance(rule, WebhookRule))
     return names - set(NOT_APP_SETTINGS)
@@ -356,8 +357,8 @@ def test_secret_settings_are_key_vault_references(tf):
     assert set(tf.locals["secret_names"]) == SECRET_SETTINGS
     assert not SECRET_SETTINGS & set(settings), "a secret setting has a plain value"
     references = tf.locals["secret_references"]
-    assert "@Microsoft.KeyVault(SecretUri=${data.azapi_resource.key_vault_secret[setting].output.properties.secretUri}/)" \
-        in references
+    uri = "${data.azapi_resource.key_vault_secret[setting].output.properties.secretUri}"
+    assert f"@Microsoft.KeyVault(SecretUri={uri}/)" in references
     assert tf.locals["secret_app_settings"].startswith("${{for setting in keys(local.secret_names)")
     # Secret metadata through Resource Manager, from the given vault: the value is never read.
     secret = tf.data[("azapi_resource", "key_vault_secret")]

@@ -260,9 +260,8 @@ def test_an_invalid_token_is_a_401_store_error_not_unavailable(kube_cluster, nam
         core(entra_client(kube_cluster, credential)).read_namespaced_secret("probe", namespace)
     assert raw.value.status == 401
 
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(StoreError) as mapped:
-            _store(kube_cluster, credential, namespace).get("abc")
+    with caplog.at_level(logging.DEBUG), pytest.raises(StoreError) as mapped:
+        _store(kube_cluster, credential, namespace).get("abc")
     # Not retried as an outage, not mistaken for "no such request": a configuration error.
     assert not isinstance(mapped.value, (StoreUnavailable, NotFound))
     assert "401" in str(mapped.value)
@@ -323,8 +322,8 @@ def test_an_expired_token_is_refused_with_401(kube_cluster, core_api, namespace)
 def test_no_token_at_all_is_store_unavailable(kube_cluster, namespace):
     from azure.core.exceptions import ClientAuthenticationError
 
-    from shared.store.kube import TokenUnavailable
     from shared.services.ports import StoreUnavailable
+    from shared.store.kube import TokenUnavailable
 
     credential = FakeCredential(("unused", 3600), fail=ClientAuthenticationError("no identity assigned"))
     with pytest.raises(TokenUnavailable):
@@ -336,8 +335,8 @@ def test_no_token_at_all_is_store_unavailable(kube_cluster, namespace):
 def test_the_servers_certificate_is_verified(kube_cluster, namespace):
     import trustme
 
-    from shared.store.kube import api_client
     from shared.services.ports import StoreUnavailable
+    from shared.store.kube import api_client
     from shared.store.requests import KubernetesRequestStore
 
     other_ca = base64.b64encode(trustme.CA().cert_pem.bytes()).decode()
@@ -432,7 +431,8 @@ class Cred:
     def get_token(self, *scopes, **kw): raise AssertionError("not called")
 api_client(None, auth="entra", server="https://aks.example:443", credential=Cred())
 assert "azure.identity" not in sys.modules, "a client without DefaultAzureCredential imported azure.identity"
-client = api_client(None, auth="entra", server="https://aks.example:443", client_id="11111111-2222-3333-4444-555555555555")
+client = api_client(None, auth="entra", server="https://aks.example:443",
+                    client_id="11111111-2222-3333-4444-555555555555")
 assert "azure.identity" in sys.modules
 hook = client.configuration.refresh_api_key_hook
 cred = hook.__self__._credential

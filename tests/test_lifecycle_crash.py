@@ -40,22 +40,17 @@ it a moment later (after the fresh runner's first call on that key), with the ke
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import queue
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
-from pathlib import Path
 
 import pytest
 import yaml
@@ -67,6 +62,7 @@ from shared.store.codec import request_name
 from tests.clock import Clock
 from tests.conftest import ROOT, Mailbox, free_port
 from tests.crash_runner import describe_write, install_clock, recorded_point
+from tests.fork_server import Child, ForkServer
 from tests.standins import Call, Reply
 from tests.standins.litellm_server import LiteLLMStandin
 
@@ -274,84 +270,9 @@ class Run:
         return f"runner exited {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
-class Child:
-    """One run, forked by the fork server: a process of its own (its own pid, SIGKILLable)."""
-
-    def __init__(self, pid: int, out: Path, err: Path) -> None:
-        self.pid, self.out, self.err = pid, out, err
-        self.exited = threading.Event()
-        self.returncode: int | None = None
-
-    def finish(self, timeout: float = 40) -> Run:
-        if not self.exited.wait(timeout):
-            self.kill()
-            raise AssertionError(f"runner {self.pid} did not end in {timeout} s\n{self.output()}")
-        return self.output()
-
-    def output(self) -> Run:
-        return Run(self.returncode if self.returncode is not None else -1,
-                   self.out.read_text() if self.out.exists() else "", self.err.read_text() if self.err.exists() else "")
-
-    def kill(self) -> None:
-        if not self.exited.is_set():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            self.exited.wait(5)
-
-
-class ForkServer:
-    """`python -m tests.crash_runner --fork-server`: imports what a run needs once and forks each
-    run from that clean state (see serve_forks there)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.crash_runner", "--fork-server"], cwd=ROOT,
-                                        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
-        self._children: dict[int, Child] = {}
-        self._spawned: queue.Queue[int] = queue.Queue()
-        self._lock = threading.Lock()
-        self._count = 0
-        self._reader = threading.Thread(target=self._read, name="fork-server", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            message = json.loads(line)
-            if "pid" in message:
-                self._spawned.put(message["pid"])
-            elif "exited" in message:
-                with self._lock:
-                    child = self._children.get(message["exited"])
-                if child is not None:
-                    child.returncode = message["returncode"]
-                    child.exited.set()
-
-    def spawn(self, argv: list[str], env: dict[str, str]) -> Child:
-        with self._lock:
-            self._count += 1
-            out, err = self.folder / f"run-{self._count}.out", self.folder / f"run-{self._count}.err"
-            self.process.stdin.write(json.dumps({"argv": argv, "env": env, "out": str(out), "err": str(err)}) + "\n")
-            self.process.stdin.flush()
-            try:
-                pid = self._spawned.get(timeout=60)  # the first waits for the imports
-            except queue.Empty:
-                raise AssertionError(f"the fork server did not answer (exit code {self.process.poll()})") from None
-            child = self._children[pid] = Child(pid, out, err)
-        return child
-
-    def close(self) -> None:
-        with self._lock:
-            children = list(self._children.values())
-        for child in children:
-            child.kill()
-        self.process.stdin.close()
-        self.process.wait(10)
-
-
 @pytest.fixture(scope="module")
 def forks(tmp_path_factory):
-    server = ForkServer(tmp_path_factory.mktemp("lifecycle-runs"))
+    server = ForkServer("tests.crash_runner", tmp_path_factory.mktemp("lifecycle-runs"), Run)
     yield server
     server.close()
 

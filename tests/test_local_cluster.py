@@ -6,6 +6,7 @@ test creates a kaito.sh Workspace-like resource with a deeply nested spec and th
 The `kube_cluster` fixture (tests/conftest.py) returns a running `local_cluster.Cluster`.
 """
 
+import contextlib
 import json
 import os
 import select
@@ -157,7 +158,8 @@ time.sleep(600)
 def _alive(pid: int) -> bool:
     """Running (a zombie nobody has reaped yet counts as gone)."""
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
@@ -188,10 +190,8 @@ def test_the_cluster_dies_with_the_process_that_started_it(kube_cluster, tmp_pat
             child.wait()
         for pid in pids.values():  # whatever happened above, leave nothing running
             if _alive(pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         stderr.close()
 
 

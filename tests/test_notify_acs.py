@@ -8,7 +8,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 

@@ -9,7 +9,7 @@ import email
 import email.policy
 import logging
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -18,9 +18,12 @@ from shared.config import CatalogModel, Notifications
 from shared.domain.request import KeyRequest
 from shared.services import messages
 from shared.services.ports import PermanentError
-from tests.test_notify_smtp import (  # noqa: F401  (fixtures: a real STARTTLS + AUTH server)
-    REFUSED, Received, app_log, smtp_ca, smtp_ca_file, smtp_server, smtp_server_context,
-)
+from tests import test_notify_smtp as smtp
+from tests.test_notify_smtp import REFUSED, Received, app_log
+
+# The fixtures of a real STARTTLS + AUTH server, in place of conftest's plain one, for this module too.
+smtp_ca, smtp_ca_file = smtp.smtp_ca, smtp.smtp_ca_file
+smtp_server, smtp_server_context = smtp.smtp_server, smtp.smtp_server_context
 
 HOSTILE = "<script>alert(1)</script>\r\nBcc: evil@example.com"
 HOSTILE_EMAIL = '"<script>alert(1)</script>\r\nBcc: evil@example.com"@example.com'
@@ -33,11 +36,11 @@ MODEL = CatalogModel.model_validate({
         "models": ["gpt-4o", "gpt-4o-2024-08-06"], "duration": "90d", "max_budget": 100,
         "budget_duration": "30d", "tpm_limit": 50000, "rpm_limit": 300}},
 })
-EXPIRES = datetime(2031, 1, 31, 12, 0, tzinfo=timezone.utc)
+EXPIRES = datetime(2031, 1, 31, 12, 0, tzinfo=UTC)
 
 
 def request(email_address: str = "alice@example.com", **changes) -> KeyRequest:
-    base = KeyRequest.new(email_address, "gpt-4o", now=datetime(2030, 11, 1, 9, 30, tzinfo=timezone.utc))
+    base = KeyRequest.new(email_address, "gpt-4o", now=datetime(2030, 11, 1, 9, 30, tzinfo=UTC))
     return base.with_changes(**changes) if changes else base
 
 
@@ -197,7 +200,7 @@ AGAIN_URL = "https://keys.example.com/api/links/" + "A" * 83
 ROTATE_URL = "https://keys.example.com/api/links/" + "T" * 83
 REVOKE_URL = "https://keys.example.com/api/links/" + "V" * 83
 NEW_KEY = "sk-live-rotated-0987654321fedcba"
-GRACE = datetime(2031, 1, 2, 9, 0, tzinfo=timezone.utc)
+GRACE = datetime(2031, 1, 2, 9, 0, tzinfo=UTC)
 
 
 def test_the_key_email_carries_the_rotate_and_revoke_links():
@@ -242,14 +245,14 @@ def test_renewed_names_the_new_expiry_once_per_renewal():
     assert composed.subject == "LLM Keys: your key for OpenAI GPT-4o has been renewed"
     assert "2031-01-31 12:00 UTC" in composed.text and "same key" in composed.html
     assert composed.idempotency_key == messages.renewed_email(first, MODEL, NOTIFY).idempotency_key
-    later = first.with_changes(expires_at=datetime(2031, 5, 1, tzinfo=timezone.utc))
+    later = first.with_changes(expires_at=datetime(2031, 5, 1, tzinfo=UTC))
     assert messages.renewed_email(later, MODEL, NOTIFY).idempotency_key != composed.idempotency_key
     assert composed.idempotency_key.startswith(f"{first.id}-renewed-")
 
 
 def test_the_rotated_key_reaches_the_requester_with_the_end_of_the_old_one(smtp_server, caplog):
     caplog.set_level(logging.DEBUG)
-    rotating = request(expires_at=EXPIRES, rotate_requested_at=datetime(2031, 1, 1, 9, 0, tzinfo=timezone.utc))
+    rotating = request(expires_at=EXPIRES, rotate_requested_at=datetime(2031, 1, 1, 9, 0, tzinfo=UTC))
     composed = messages.rotated_email(rotating, MODEL, {"litellm": NEW_KEY}, GRACE, NOTIFY,
                                       base_url="https://llm.example.com/", generation=2,
                                       rotate_url=ROTATE_URL, revoke_url=REVOKE_URL)
@@ -275,7 +278,7 @@ def test_the_rotated_key_reaches_the_requester_with_the_end_of_the_old_one(smtp_
 
 
 def test_admins_are_told_of_a_revoke_by_the_requester_and_hostile_text_is_escaped(smtp_server):
-    hostile = request(HOSTILE_EMAIL, decided_at=datetime(2031, 1, 5, 8, 0, tzinfo=timezone.utc),
+    hostile = request(HOSTILE_EMAIL, decided_at=datetime(2031, 1, 5, 8, 0, tzinfo=UTC),
                       decided_by="link:requester")
     composed = messages.revoked_by_requester_email(hostile, NOTIFY, NOTIFY.admins)
     assert composed.idempotency_key == f"{hostile.id}-revoked-by-requester"

@@ -10,9 +10,8 @@ import email.policy
 import logging
 import socket
 import ssl
-import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import trustme

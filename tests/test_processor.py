@@ -19,7 +19,6 @@ import yaml
 from shared import context
 from shared.domain.request import KeyRequest, State
 from shared.store.codec import request_name
-
 from tests.clock import Clock
 from tests.standins import leaks, logged_text
 from tests.standins.faults import status
@@ -34,7 +33,8 @@ CONFIG = {
         {"id": "reviewed-model", "title": "Reviewed", "auto_approve": False},
     ],
     "approval": {"default": "approve", "rules": [
-        {"kind": "match", "decision": "deny", "domains": ["blocked.example"], "reason": "contractors use the shared pool"},
+        {"kind": "match", "decision": "deny", "domains": ["blocked.example"],
+         "reason": "contractors use the shared pool"},
         {"kind": "match", "decision": "review", "emails": ["vip-*@example.com"]},
     ]},
     "notifications": {"product_name": "Key Desk", "reviewers": ["reviewer@example.com"],

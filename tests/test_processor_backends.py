@@ -21,8 +21,8 @@ from shared.services.processor import Processor, ProcessorOptions
 from shared.store.codec import request_name
 from tests.clock import Clock
 from tests.standins import leaks, logged_text
-from tests.standins.faults import latency
 from tests.standins.arm_server import ArmStandin
+from tests.standins.faults import latency
 from tests.test_processor import write_config
 from tests.test_provision_apim import AZURE_SUBSCRIPTION, RESOURCE_GROUP, StaticToken
 

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import yaml
@@ -247,7 +247,7 @@ class Crashing:
         lease_until = self.get(request).lease_until
         if lease_until is None:
             return 0.0
-        return max(0.0, (lease_until - datetime.now(timezone.utc)).total_seconds()) + 0.05
+        return max(0.0, (lease_until - datetime.now(UTC)).total_seconds()) + 0.05
 
 
 @pytest.fixture

@@ -114,7 +114,8 @@ def provisioner(arm, service_name, sleeps) -> ApimProvisioner:
 def catalog_model(product: str = PRODUCT, expires_after_days: int | None = 30) -> CatalogModel:
     return CatalogModel.model_validate({
         "id": "gpt-4o", "title": "GPT-4o",
-        "provisioning": {"backends": ["apim"], "apim": {"product_id": product, "expires_after_days": expires_after_days}}})
+        "provisioning": {"backends": ["apim"],
+                         "apim": {"product_id": product, "expires_after_days": expires_after_days}}})
 
 
 def assert_clean(exc: BaseException, arm: ArmStandin) -> None:

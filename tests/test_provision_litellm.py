@@ -7,7 +7,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import socket
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -118,7 +118,8 @@ def test_issue_is_idempotent_and_sends_what_config_grants(litellm, provisioner, 
 
 
 def test_unset_limits_are_omitted_and_models_default_to_the_catalog_id(litellm, provisioner):
-    bare = CatalogModel.model_validate({"id": "llama-3", "title": "Llama", "provisioning": {"litellm": {"duration": None}}})
+    bare = CatalogModel.model_validate({"id": "llama-3", "title": "Llama",
+                                        "provisioning": {"litellm": {"duration": None}}})
     request = KeyRequest.new("bo@example.com", "llama-3")
     credentials = provisioner.issue(request, bare, provisioner.prepare(request, bare))
     body = litellm.calls_to("POST", "/key/generate")[0].body
@@ -275,7 +276,7 @@ def test_error_bodies_that_echo_secrets_are_scrubbed(litellm, provisioner, model
 
 def test_retry_after_reads_seconds_and_http_dates():
     assert parse_retry_after("2") == 2.0 and parse_retry_after("0.5") == 0.5
-    in_a_minute = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(seconds=60), usegmt=True)
+    in_a_minute = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
     assert 55 <= parse_retry_after(in_a_minute) <= 60
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -14,7 +14,7 @@ from shared.domain.request import KeyRequest, State
 from shared.domain.team import TeamRecord, TeamSpec
 from shared.domain.team import steps as ts
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def request(state: State, *, steps=(), references=None, settled=None, decision=None, reason=None,

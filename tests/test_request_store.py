@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -72,7 +72,7 @@ def test_a_mistyped_state_label_is_skipped_in_lists_not_fatal(store, core_api, n
 
 def test_an_abandoned_claim_is_taken_over(store, core_api, namespace):
     """A writer that died between writing the claim and the request must not block the pair forever."""
-    old = (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()
+    old = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
     core_api.create_namespaced_secret(namespace, {"metadata": {
         "name": _claim_name("dead@example.com", "gpt-4o"),
         "labels": {"app.kubernetes.io/name": "llm-key-requestor",

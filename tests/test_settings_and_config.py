@@ -255,7 +255,8 @@ def test_a_lease_shorter_than_the_longest_step_is_refused(tmp_path):
     assert "PROCESSOR_LEASE_SECONDS (45 s) is shorter than the longest step (50 s" in message, message
     assert "at least 50" in message
     # A slower backend needs a longer lease: the default lease no longer covers it.
-    with pytest.raises(SettingsError, match="PROCESSOR_LEASE_SECONDS \\(120 s\\) is shorter than the longest step \\(130 s"):
+    with pytest.raises(SettingsError,
+                       match="PROCESSOR_LEASE_SECONDS \\(120 s\\) is shorter than the longest step \\(130 s"):
         check_timing(Settings.from_env({"SMTP_HOST": "smtp.example.com", "SMTP_TIMEOUT_SECONDS": "120",
                                         "PROCESSOR_TIME_BUDGET_SECONDS": "60"}), host_json=host)
 

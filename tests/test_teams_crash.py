@@ -35,14 +35,10 @@ step this module does not list, so a new step is covered without editing this fi
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import json
 import os
-import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -57,18 +53,16 @@ from shared import context
 from shared.domain.team import parse
 from shared.services import teams
 from tests.conftest import ROOT, Mailbox, free_port
+from tests.fork_server import Child, ForkServer
 from tests.standins import Call, Reply
 from tests.standins.arm_server import ApimService, ArmStandin
 from tests.teams_crash_runner import CALLS, after, call_owner, traced_update
-from tests.teams_fixtures import (  # noqa: F401
+from tests.teams_fixtures import (
     API_IDS,
     AZURE_SUBSCRIPTION,
     RESOURCE_GROUP,
     StaticToken,
-    app_config,
-    catalog,
     per_model_file,
-    workspace_crd,
 )
 from tests.test_local_cluster import GROUP, PLURAL, VERSION
 
@@ -221,85 +215,9 @@ class Run:
         return f"runner exited {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
-class Child:
-    """One run, forked by the fork server: a process of its own (its own pid, SIGKILLable)."""
-
-    def __init__(self, server: ForkServer, pid: int, out: Path, err: Path) -> None:
-        self.server, self.pid, self.out, self.err = server, pid, out, err
-        self.exited = threading.Event()
-        self.returncode: int | None = None
-
-    def finish(self, timeout: float = 40) -> Run:
-        if not self.exited.wait(timeout):
-            self.kill()
-            raise AssertionError(f"runner {self.pid} did not end in {timeout} s\n{self.output()}")
-        return self.output()
-
-    def output(self) -> Run:
-        return Run(self.returncode if self.returncode is not None else -1,
-                   self.out.read_text() if self.out.exists() else "", self.err.read_text() if self.err.exists() else "")
-
-    def kill(self) -> None:
-        if not self.exited.is_set():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            self.exited.wait(5)
-
-
-class ForkServer:
-    """`python -m tests.teams_crash_runner --fork-server`: a process that has imported what a run
-    needs (the kubernetes client alone is ~1 s of CPU) and forks each run from that clean state,
-    so a run costs no start-up; each is still a fresh process, killed by its own pid."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.teams_crash_runner", "--fork-server"], cwd=ROOT,
-                                        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
-        self._children: dict[int, Child] = {}
-        self._spawned: queue.Queue[int] = queue.Queue()
-        self._lock = threading.Lock()
-        self._count = 0
-        self._reader = threading.Thread(target=self._read, name="fork-server", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            message = json.loads(line)
-            if "pid" in message:
-                self._spawned.put(message["pid"])
-            elif "exited" in message:
-                with self._lock:
-                    child = self._children.get(message["exited"])
-                if child is not None:
-                    child.returncode = message["returncode"]
-                    child.exited.set()
-
-    def spawn(self, argv: list[str], env: dict[str, str]) -> Child:
-        with self._lock:
-            self._count += 1
-            out, err = self.folder / f"run-{self._count}.out", self.folder / f"run-{self._count}.err"
-            self.process.stdin.write(json.dumps({"argv": argv, "env": env, "out": str(out), "err": str(err)}) + "\n")
-            self.process.stdin.flush()
-            try:
-                pid = self._spawned.get(timeout=60)  # the first waits for the imports
-            except queue.Empty:
-                raise AssertionError(f"the fork server did not answer (exit code {self.process.poll()})") from None
-            child = self._children[pid] = Child(self, pid, out, err)
-        return child
-
-    def close(self) -> None:
-        with self._lock:
-            children = list(self._children.values())
-        for child in children:
-            child.kill()
-        self.process.stdin.close()
-        self.process.wait(10)
-
-
 @pytest.fixture(scope="module")
 def forks(tmp_path_factory):
-    server = ForkServer(tmp_path_factory.mktemp("team-runs"))
+    server = ForkServer("tests.teams_crash_runner", tmp_path_factory.mktemp("team-runs"), Run)
     yield server
     server.close()
 

@@ -51,7 +51,8 @@ def test_a_yaml_expansion_bomb_is_refused_naming_the_line(client):
 def test_anchors_and_aliases_are_refused_in_any_place(client, text, line, what):
     response = client.post(f"/api/teams/validate?path={ALPHA_PATH}", data=text, headers=YAML)
     assert response.status_code == 422
-    assert f"at line {line}," in response.json["message"] and f"YAML {what} are not accepted" in response.json["message"]
+    message = response.json["message"]
+    assert f"at line {line}," in message and f"YAML {what} are not accepted" in message
     assert response.json["detail"]["errors"][0]["field"] == "(file)"
 
 

@@ -10,16 +10,13 @@ import json
 import pytest
 
 from shared import context
-from tests.teams_fixtures import (  # noqa: F401
+from tests.teams_fixtures import (
     API_IDS,
     AZURE_SUBSCRIPTION,
     RESOURCE_GROUP,
     SEED_EXAMPLE,
     StaticToken,
-    apim_service,
-    arm,
     per_model_file,
-    workspace_crd,
 )
 
 PASSWORD = "team-admin-password-42"

@@ -11,7 +11,7 @@ import pytest
 
 from shared.domain import policy
 from shared.domain.team import Limits, ModelGrant, TeamSpec, parse
-from tests.teams_fixtures import SEED_EXAMPLE, app_config, catalog, catalog_file, per_model_file  # noqa: F401
+from tests.teams_fixtures import SEED_EXAMPLE, catalog_file, per_model_file
 
 LIMIT_HEADERS = {
     "estimate-prompt-tokens": "true",

@@ -19,18 +19,12 @@ from shared.services.ports import NotFound
 from shared.store.teams import team_selector
 from tests.standins import leaks
 from tests.standins.faults import status
-from tests.teams_fixtures import (  # noqa: F401
+from tests.teams_fixtures import (
     API_IDS,
     SEED_EXAMPLE,
     Harness,
-    apim_service,
-    app_config,
-    arm,
-    catalog,
     catalog_file,
-    harness,
     per_model_file,
-    workspace_crd,
 )
 
 BETA = "developer-requests/beta/access.yaml"

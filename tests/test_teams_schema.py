@@ -18,8 +18,9 @@ from shared.domain.team import (
     parse,
     workspace_name,
 )
-from shared.teams.__main__ import main as cli_main, read_file
-from tests.teams_fixtures import ROOT, SEED_EXAMPLE, app_config, catalog, catalog_file, per_model_file  # noqa: F401
+from shared.teams.__main__ import main as cli_main
+from shared.teams.__main__ import read_file
+from tests.teams_fixtures import ROOT, SEED_EXAMPLE, catalog_file, per_model_file
 
 SOURCE = "developer-requests/alpha/access.yaml"
 
@@ -207,7 +208,8 @@ def test_owner_must_be_an_email_and_a_model_listed_twice(catalog):
     found = problems(SEED_EXAMPLE.replace("alpha-lead@contoso.com", "alpha lead")
                      .replace("      - gpt-4o", "      - gpt-4o\n      - gpt-4o"), catalog)
     assert found[0].startswith(f"{SOURCE}: team.owner: is not a valid email address")
-    assert found[1] == f"{SOURCE}: models.foundry.models[1]: gpt-4o is granted twice (also at models.foundry.models[0]): list it once"
+    assert found[1] == (f"{SOURCE}: models.foundry.models[1]: gpt-4o is granted twice "
+                        "(also at models.foundry.models[0]): list it once")
 
 
 @pytest.mark.parametrize("text, reason", [

@@ -22,17 +22,14 @@ from shared.domain.team import content_hash
 from shared.teams.__main__ import main
 from shared.teams.client import AppClient, EntraToken, Unreachable, retry_after_seconds
 from tests.conftest import ROOT, free_port
-from tests.teams_fixtures import (  # noqa: F401
+from tests.teams_fixtures import (
     API_IDS,
     AZURE_SUBSCRIPTION,
     RESOURCE_GROUP,
     SEED_EXAMPLE,
     StaticToken,
-    apim_service,
-    arm,
     catalog_file,
     per_model_file,
-    workspace_crd,
 )
 from tests.test_local_cluster import GROUP, PLURAL, VERSION
 
@@ -105,7 +102,7 @@ class LiveApp:
 
 
 @pytest.fixture
-def live(app_env, wsgi_app, functions, monkeypatch, tmp_path, arm, apim_service, workspace_crd,  # noqa: F811
+def live(app_env, wsgi_app, functions, monkeypatch, tmp_path, arm, apim_service, workspace_crd,
          kube_api_client):
     """The app on 127.0.0.1:<free port> (the local host's WSGI app behind werkzeug's threaded
     server), with APIM on the ARM stand-in and KAITO on the test cluster."""

@@ -196,8 +196,9 @@ class Engine(Generic[R]):
 
     def _run_steps(self, record: R) -> R:
         failed: set[str] = set()
+        following: Step[R] | None = self.flow.next_step(record, self.clock())
         for _ in range(self.options.max_steps):
-            step = self.flow.next_step(record, self.clock())
+            step = following
             if step is None:
                 return record
             if time.monotonic() > self._deadline:
@@ -209,40 +210,44 @@ class Engine(Generic[R]):
                 log.error("%s %s: step %s failed again in this run; stopped", self.flow.kind,
                           self.flow.ident(record), step.name)
                 return record
-            record, outcome = self._run(step, record)
+            record, outcome, ahead = self._run(step, record)
             if outcome == RETRY:
                 return record
             if outcome == FAILED:
                 failed.add(step.name)
             if record.next_attempt_at is not None and record.next_attempt_at > self.clock():
                 return record  # a step asked to wait (e.g. for a call that may still be in flight)
-        if self.flow.next_step(record, self.clock()) is not None:
+            # A step that succeeded already asked for its successor (to release the lease with it).
+            following = ahead if outcome == DONE else self.flow.next_step(record, self.clock())
+        if following is not None:
             log.warning("%s %s: %d steps in one run; the rest waits for the next tick", self.flow.kind,
                         self.flow.ident(record), self.options.max_steps)
         return record
 
-    def _run(self, step: Step[R], record: R) -> tuple[R, str]:
-        """Do one step and record its outcome (DONE), its error as a retry (RETRY), or its failure
-        (FAILED)."""
+    def _run(self, step: Step[R], record: R) -> tuple[R, str, Step[R] | None]:
+        """Do one step and record its outcome (DONE, with the step after it), its error as a retry
+        (RETRY), or its failure (FAILED)."""
         try:
             changed = step.run(record)
         except TransientError as exc:
             telemetry.record_step(step.name, "retry")
-            return self._retry_later(step, self._annotated(step, record, exc), exc.message, exc.retry_after)
+            return (*self._retry_later(step, self._annotated(step, record, exc), exc.message, exc.retry_after),
+                    None)
         except PermanentError as exc:
             telemetry.record_step(step.name, "failed")
-            return self._fail(step, self._annotated(step, record, exc), exc.message), FAILED
+            return self._fail(step, self._annotated(step, record, exc), exc.message), FAILED, None
         except StoreError:
             raise
         except Exception as exc:  # a bug in one step must not stall the record forever
             telemetry.record_exception(exc)
             log.exception("%s %s: step %s raised %s", self.flow.kind, self.flow.ident(record), step.name,
                           type(exc).__name__)
-            return self._retry_later(step, record, f"step {step.name} raised {type(exc).__name__}", None)
+            return (*self._retry_later(step, record, f"step {step.name} raised {type(exc).__name__}", None), None)
         telemetry.record_step(step.name, "done")
         now = self.clock()
         # Each recorded step renews the lease; the last one (nothing left to do now) releases it.
-        last = self.flow.next_step(changed, now) is None
+        following = self.flow.next_step(changed, now)
+        last = following is None
         # A step that succeeded clears the error of its own earlier tries, but keeps one it (or a
         # failure path before it) recorded; likewise a wait it asked for.
         retried = record.attempts > 0 and changed.last_error == record.last_error
@@ -251,7 +256,7 @@ class Engine(Generic[R]):
         return self.flow.update(changed.with_changes(
             now, attempts=0, last_error=error, next_attempt_at=wait,
             lease_holder=None if last or wait else self.options.holder,
-            lease_until=None if last or wait else self._lease_end(now))), DONE
+            lease_until=None if last or wait else self._lease_end(now))), DONE, following
 
     def _annotated(self, step: Step[R], record: R, exc: BackendError) -> R:
         return step.on_error(record, exc) if step.on_error is not None else record

@@ -80,10 +80,10 @@ class KeyLife:
         return request.enter(State.EXPIRED, self.clock(), due_at=None)
 
     def remind(self, request: KeyRequest, _: str, days: int) -> KeyRequest:
-        model = self._model(request)
+        model = self.model(request)
         now = self.clock()
         left = max(1, round((request.expires_at - now).total_seconds() / 86400)) if request.expires_at else days
-        email = messages.reminder_email(request, model, left, self._url(request, "renew"), self.config.notifications)
+        email = messages.reminder_email(request, model, left, self.url(request, "renew"), self.config.notifications)
         self._send(request, f"reminder-{days}d", email)
         # This reminder and the earlier (larger) ones it stands for are done.
         done = {lifecycle.reminded_step(d): now for d in self.life.reminder_days if d >= days}
@@ -91,7 +91,7 @@ class KeyLife:
 
     def notify_expired(self, request: KeyRequest, _: str, __: int) -> KeyRequest:
         model = self.config.model(request.model)
-        email = messages.expired_email(request, model, self._url(request, "request-again"), self.config.notifications)
+        email = messages.expired_email(request, model, self.url(request, "request-again"), self.config.notifications)
         self._send(request, "expired", email)
         now = self.clock()
         return request.with_changes(now, steps={**request.steps, "notified-expired": now}, settled=State.EXPIRED)
@@ -111,7 +111,7 @@ class KeyLife:
                              decided_by=decision.decided_by, decided_at=now, due_at=None)
 
     def extend(self, request: KeyRequest, backend: str, _: int) -> KeyRequest:
-        extended = self._provisioner(backend).extend(request, self._model(request), _recorded(request, backend))
+        extended = self.provisioner(backend).extend(request, self.model(request), recorded(request, backend))
         log.info("request %s: %s extended %s", request.id, backend, dict(extended.references))
         now = self.clock()
         references = {**request.references, **extended.references}
@@ -119,7 +119,7 @@ class KeyLife:
                                     steps={**request.steps, lifecycle.extended_step(backend): now})
 
     def notify_renewed(self, request: KeyRequest, _: str, __: int) -> KeyRequest:
-        email = messages.renewed_email(request, self._model(request), self.config.notifications)
+        email = messages.renewed_email(request, self.model(request), self.config.notifications)
         self._send(request, "renewed", email)
         now = self.clock()
         # A fresh life: the reminders are armed again for the new expiry.
@@ -133,8 +133,8 @@ class KeyLife:
     # --- rotation -----------------------------------------------------------------------------
 
     def prepare_rotation(self, request: KeyRequest, backend: str, _: int) -> KeyRequest:
-        prepared = self._provisioner(backend).prepare_rotation(request, self._model(request),
-                                                               _recorded(request, backend))
+        prepared = self.provisioner(backend).prepare_rotation(request, self.model(request),
+                                                               recorded(request, backend))
         log.info("request %s: %s rotation prepared %s", request.id, backend, dict(prepared.references))
         now = self.clock()
         return request.with_changes(now, secrets={**request.secrets, **prepared.secrets},
@@ -142,7 +142,7 @@ class KeyLife:
                                     steps={**request.steps, lifecycle.rotation_prepared_step(backend): now})
 
     def rotate(self, request: KeyRequest, backend: str, _: int) -> KeyRequest:
-        rotated = self._provisioner(backend).rotate(request, self._model(request), _recorded(request, backend))
+        rotated = self.provisioner(backend).rotate(request, self.model(request), recorded(request, backend))
         log.info("request %s: %s rotated %s", request.id, backend, dict(rotated.references))
         now = self.clock()
         return request.with_changes(
@@ -159,7 +159,7 @@ class KeyLife:
             raise PermanentError("no rotated key was recorded for this request")
         now = self.clock()
         until = now + self.life.rotation_grace
-        email = messages.rotated_email(request, self._model(request), keys, until, self.config.notifications)
+        email = messages.rotated_email(request, self.model(request), keys, until, self.config.notifications)
         self.notifier.send(email)  # a rotated key nobody received is no rotation: errors fail the step
         log.info("request %s: %s email sent to %d recipient(s)", request.id, "rotated", len(email.to))
         # The new keys are delivered: they go from the Secret in the same write.
@@ -168,7 +168,7 @@ class KeyLife:
                                                    steps={**request.steps, lifecycle.ROTATION_NOTIFIED: now}))
 
     def retire(self, request: KeyRequest, backend: str, _: int) -> KeyRequest:
-        record = self._provisioner(backend).retire(request, _recorded(request, backend))
+        record = self.provisioner(backend).retire(request, recorded(request, backend))
         log.info("request %s: %s previous key retired", request.id, backend)
         own = f"{backend}-"
         kept = {k: v for k, v in request.references.items()
@@ -193,13 +193,15 @@ class KeyLife:
         model = self.config.model(request.model)
         return tuple(model.provisioning.backends) if model else tuple(request_steps.prepared_backends(request))
 
-    def _model(self, request: KeyRequest) -> CatalogModel:
+    def model(self, request: KeyRequest) -> CatalogModel:
+        """The request's catalog model; a permanent error once the model left the catalog."""
         model = self.config.model(request.model)
         if model is None:
             raise PermanentError(f"model {request.model} is no longer in the catalog")
         return model
 
-    def _provisioner(self, backend: str) -> Provisioner:
+    def provisioner(self, backend: str) -> Provisioner:
+        """The backend's adapter; a permanent error when this deployment does not configure it."""
         provisioner = self.provisioners.get(backend)
         if provisioner is None:
             raise PermanentError(f"backend {backend} is not configured in this deployment")
@@ -207,9 +209,6 @@ class KeyLife:
 
     def url(self, request: KeyRequest, action: str) -> str | None:
         """A requester link for an email (None when this deployment signs no links)."""
-        return self._url(request, action)
-
-    def _url(self, request: KeyRequest, action: str) -> str | None:
         return self.links.url(request, action, self.clock()) if self.links is not None else None
 
     def _send(self, request: KeyRequest, kind: str, email: Email) -> None:
@@ -222,7 +221,8 @@ class KeyLife:
         log.info("request %s: %s email sent to %d recipient(s)", request.id, kind, len(email.to))
 
 
-def _recorded(request: KeyRequest, backend: str) -> Credentials:
+def recorded(request: KeyRequest, backend: str) -> Credentials:
+    """What is recorded of `backend` on the request, as its adapter takes it."""
     own = f"{backend}-"
     return Credentials(secrets={k: v for k, v in request.secrets.items() if k.startswith(own)},
                        references={k: v for k, v in request.references.items() if k.startswith(own)})

@@ -25,17 +25,16 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 
 from shared import telemetry
-from shared.config import AppConfig, CatalogModel
+from shared.config import AppConfig
 from shared.domain import lifecycle, rules
 from shared.domain import request_steps as steps
 from shared.domain.request import KeyRequest, State, utcnow
 from shared.domain.request_steps import Next
 from shared.services import messages
 from shared.services.engine import Engine, EngineOptions, Step
-from shared.services.key_life import KeyLife, LinkSource
+from shared.services.key_life import KeyLife, LinkSource, recorded
 from shared.services.ports import (
     BackendError,
-    Credentials,
     Email,
     Notifier,
     PermanentError,
@@ -263,20 +262,8 @@ class Processor:
 
     # --- provisioning -------------------------------------------------------------------------
 
-    def _model(self, request: KeyRequest) -> CatalogModel:
-        model = self.config.model(request.model)
-        if model is None:
-            raise PermanentError(f"model {request.model} is no longer in the catalog")
-        return model
-
-    def _provisioner(self, backend: str) -> Provisioner:
-        provisioner = self.provisioners.get(backend)
-        if provisioner is None:
-            raise PermanentError(f"backend {backend} is not configured in this deployment")
-        return provisioner
-
     def _prepare(self, request: KeyRequest, backend: str) -> KeyRequest:
-        prepared = self._provisioner(backend).prepare(request, self._model(request))
+        prepared = self.key_life.provisioner(backend).prepare(request, self.key_life.model(request))
         log.info("request %s: %s prepared %s", request.id, backend, dict(prepared.references))
         return request.with_changes(self.clock(), secrets={**request.secrets, **prepared.secrets},
                                     references={**request.references, **prepared.references,
@@ -284,8 +271,8 @@ class Processor:
                                                 steps.reached_ref(backend): steps.REACHED_NO})
 
     def _issue(self, request: KeyRequest, backend: str) -> KeyRequest:
-        provisioner = self._provisioner(backend)
-        issued = provisioner.issue(request, self._model(request), _recorded(request, backend))
+        provisioner = self.key_life.provisioner(backend)
+        issued = provisioner.issue(request, self.key_life.model(request), recorded(request, backend))
         log.info("request %s: %s issued %s", request.id, backend, dict(issued.references))
         now = self.clock()
         return request.with_changes(
@@ -306,7 +293,7 @@ class Processor:
         return request.with_changes(self.clock(), references=references)
 
     def _revoke(self, request: KeyRequest, backend: str) -> KeyRequest:
-        self._provisioner(backend).revoke(request, _recorded(request, backend))
+        self.key_life.provisioner(backend).revoke(request, recorded(request, backend))
         now = self.clock()
         until = steps.in_flight_until(request, backend, self.options.lease_seconds)
         if until is not None and until > now:
@@ -383,7 +370,7 @@ class Processor:
             log.error("request %s: could not tell the admins either: %s", request.id, exc.message)
 
     def _approved_email(self, request: KeyRequest) -> Email:
-        model = self._model(request)
+        model = self.key_life.model(request)
         keys = {_KEY_LABELS.get(name, name): value for name, value in request.secrets.items()
                 if name in _KEY_LABELS}
         if not keys:
@@ -398,12 +385,6 @@ class Processor:
 
 
 _KEY_LABELS = {"litellm-api-key": "LiteLLM API key", "apim-primary-key": "APIM subscription key"}
-
-
-def _recorded(request: KeyRequest, backend: str) -> Credentials:
-    own = f"{backend}-"
-    return Credentials(secrets={k: v for k, v in request.secrets.items() if k.startswith(own)},
-                       references={k: v for k, v in request.references.items() if k.startswith(own)})
 
 
 def _without(request: KeyRequest, backend: str, now: datetime) -> KeyRequest:

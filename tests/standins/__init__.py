@@ -66,7 +66,7 @@ class StandinServer:
         scheme = "https" if self._ssl_context else "http"
         return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "StandinServer":
+    def start(self) -> StandinServer:
         self.faults.reset_release()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -160,7 +160,7 @@ def _handler_for(standin: StandinServer) -> type[BaseHTTPRequestHandler]:
 
         do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _dispatch
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep stderr quiet
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler

@@ -4,7 +4,8 @@ There is no ACS emulator, so this serves the two calls `azure-communication-emai
 them as the service does: `POST /emails:send` and the status poll `GET /emails/operations/{id}`,
 each authenticated with the HMAC-SHA256 signature of (verb, path and query, x-ms-date, host,
 content hash), 401 on a bad one. A send answers 202 with `Operation-Location`; the poll answers
-`Running` as long as told to, then `Succeeded` (or `Failed` with `EmailDroppedAllRecipientsSuppressed` for a suppressed address). The
+`Running` as long as told to, then `Succeeded` (or `Failed` with
+`EmailDroppedAllRecipientsSuppressed` for a suppressed address). The
 SDK sends the caller's `Operation-Id` header: a repeated id is the same operation, not a second
 message, as on ACS. Faults (429 with Retry-After, 5xx...) are planned through `tests/standins/faults.py`
 under the keys `SEND` and `POLL`.
@@ -21,7 +22,7 @@ import re
 import ssl
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -50,7 +51,7 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
@@ -77,7 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
         if content_hash != base64.b64encode(hashlib.sha256(body).digest()).decode():
             return "x-ms-content-sha256 does not match the body"
         try:
-            skew = abs((datetime.now(timezone.utc) - parsedate_to_datetime(date)).total_seconds())
+            skew = abs((datetime.now(UTC) - parsedate_to_datetime(date)).total_seconds())
         except (TypeError, ValueError):
             return "x-ms-date is not an RFC 1123 date"
         if skew > MAX_CLOCK_SKEW:
@@ -237,7 +238,7 @@ class AcsStandIn:
         """Sends to only this address are accepted, then fail (ACS's suppression list)."""
         self._server.suppressed.add(address)
 
-    def __enter__(self) -> "AcsStandIn":
+    def __enter__(self) -> AcsStandIn:
         self._thread.start()
         return self
 

@@ -21,7 +21,7 @@ import ssl
 import tempfile
 import uuid
 import xml.etree.ElementTree as ElementTree
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ def arm_error(status: int, code: str, message: str, details: list[dict[str, str]
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _etag() -> str:
@@ -135,7 +135,8 @@ class ArmStandin(StandinServer):
     def serve(self, call: Call) -> Reply:
         if call.headers.get("authorization") != f"Bearer {self.token}":
             reason = "is missing" if "authorization" not in call.headers else "is invalid"
-            return arm_error(401, "AuthenticationFailed", f"Authentication failed. The 'Authorization' header {reason}.")
+            return arm_error(401, "AuthenticationFailed",
+                             f"Authentication failed. The 'Authorization' header {reason}.")
         version = call.query.get("api-version")
         if version is None:
             return arm_error(400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) "
@@ -200,7 +201,8 @@ class ArmStandin(StandinServer):
         if scope.startswith("/"):  # ARM answers with the scope's full resource id
             shown["scope"] = self._base_id(ids) + scope
         # A GET never carries keys: listSecrets does.
-        return self._resource(ids, f"subscriptions/{sid}", "subscriptions", {**shown, "primaryKey": None, "secondaryKey": None})
+        return self._resource(ids, f"subscriptions/{sid}", "subscriptions",
+                              {**shown, "primaryKey": None, "secondaryKey": None})
 
     def _subscription(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
         sid = ids["sid"]
@@ -258,7 +260,8 @@ class ArmStandin(StandinServer):
         if not (product or short_scope == "/apis" or re.fullmatch(r"/apis/[^/]+", short_scope)):
             return arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
                              [{"code": "ValidationError", "target": "scope", "message":
-                               "Subscription scope should be one of '/apis', '/apis/{apiId}', '/products/{productId}'"}])
+                               "Subscription scope should be one of '/apis', '/apis/{apiId}', "
+                               "'/products/{productId}'"}])
         if product and product[1] not in service.products:
             return arm_error(404, "ResourceNotFound", f"Product '{product[1]}' not found.")
         state = properties.get("state") or "submitted"
@@ -315,7 +318,8 @@ class ArmStandin(StandinServer):
         if call.method == "GET":
             if entity is None:
                 return arm_error(404, "ResourceNotFound", "Product not found.")
-            return Reply(200, self._resource(ids, f"products/{pid}", "products", entity.properties), {"ETag": entity.etag})
+            return Reply(200, self._resource(ids, f"products/{pid}", "products", entity.properties),
+                         {"ETag": entity.etag})
         if call.method == "PUT":
             refused = self._precondition(call, entity, required=False)
             if refused:
@@ -340,7 +344,8 @@ class ArmStandin(StandinServer):
             refused = self._precondition(call, entity, required=True)
             if refused:
                 return refused
-            subscribed = [sid for sid, s in service.subscriptions.items() if s.properties["scope"] == f"/products/{pid}"]
+            subscribed = [sid for sid, s in service.subscriptions.items()
+                          if s.properties["scope"] == f"/products/{pid}"]
             if subscribed and call.query.get("deleteSubscriptions", "").lower() != "true":
                 return arm_error(400, "ValidationError", "Product cannot be deleted since it has existing "
                                  "subscriptions. Delete subscriptions before deleting the product or pass in "

@@ -18,7 +18,7 @@ import math
 import os
 import secrets
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -85,12 +85,12 @@ class LiteLLMStandin(StandinServer):
         self.keys: dict[str, dict[str, Any]] = {}  # token id -> the stored key row (never the raw key)
         self.models = litellm_models()
         # LiteLLM's clock, for expiries: a test that moves the processor's clock moves this one too.
-        self.clock: Any = lambda: datetime.now(timezone.utc)
+        self.clock: Any = lambda: datetime.now(UTC)
 
     def reset(self) -> None:
         with self._lock:
             self.keys.clear()
-        self.clock = lambda: datetime.now(timezone.utc)
+        self.clock = lambda: datetime.now(UTC)
         self.reset_calls()
 
     def key_by_alias(self, alias: str) -> dict[str, Any] | None:
@@ -166,7 +166,7 @@ class LiteLLMStandin(StandinServer):
                 self.models.duration_in_seconds(data.budget_duration)
         except ValueError as exc:  # LiteLLM lets its parser's error through as a 500
             return http_exception(500, exc)
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         row = data.model_dump(mode="json", exclude={"key"})
         row.update(token=token, expires=expires and expires.isoformat(), created_at=now, updated_at=now, spend=0.0,
                    key_name=f"sk-...{key[-4:]}")
@@ -205,7 +205,7 @@ class LiteLLMStandin(StandinServer):
                 changes["expires"] = expires and expires.isoformat()
             except ValueError as exc:
                 return http_exception(500, exc)
-        row.update(changes, updated_at=datetime.now(timezone.utc).isoformat())
+        row.update(changes, updated_at=datetime.now(UTC).isoformat())
         return Reply(200, {k: v for k, v in row.items() if k != "token"})
 
     def _delete(self, call: Call) -> Reply:
