@@ -1,11 +1,19 @@
 """Benchmark: POST /api/request-key through the local host against a real kube-apiserver.
 
 16 concurrent clients send 500 new requests, first with no request Secrets stored, then with
-5,000 stored in the same namespace. Prints requests/s, p50, p99 for each and their ratio: the
-HTTP path reads by name only, so the two figures should match (the earlier service listed
-every request per call and fell from 14 req/s to 0.9 req/s).
+--stored (default 50,000, mixed states, seeded 32 at a time) in the same namespace. Prints
+requests/s, p50, p99 for each and their ratio: the HTTP path reads by name only, so the two
+figures should match (the earlier service listed every request per call and fell from 14 req/s
+to 0.9 req/s).
 
-    .venv/bin/python bench/intake.py [--clients 16] [--requests 500] [--stored 5000]
+In the same run, on the same cluster and namespace, it also measures the floor: plain Secret
+creates per second with the app's own Kubernetes client (shared/store/kube.py api_client) at
+--clients threads, each body the size of a request Secret (codec.to_secret of a KeyRequest),
+before and after the intake run (their mean is the floor), and prints intake / floor. Goal:
+intake >= 0.6 x floor, p99 <= 50 ms, within 20 % from 0 to 50,000 stored.
+
+    .venv/bin/python bench/intake.py [--clients 16] [--requests 500] [--stored 50000] [--rate 100]
+        [--floor-creates 1000] [--seed-threads 32]
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import argparse
 import http.client
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -27,20 +36,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, load_local_cluster  # noqa: E402
+from bench.common import MIXED, core_api, free_port, load_local_cluster, seed_requests  # noqa: E402
 
 
-def seed(api, namespace: str, count: int) -> None:
-    """Stored requests as the app writes them (labels and annotations), created 16 at a time."""
+def floor(api, namespace: str, threads: int, total: int, tag: str) -> tuple[float, list[float]]:
+    """Plain Secret creates, `threads` at a time, with the app's client (`api`): one apiserver write
+    each, a body of a request Secret's size (codec.to_secret of a new KeyRequest, renamed)."""
     from shared.domain.request import KeyRequest
     from shared.store import codec
 
-    def create(i: int) -> None:
-        request = KeyRequest.new(f"seed{i}@example.com", "gpt-4o")
-        api.create_namespaced_secret(namespace, codec.to_secret(request), _preload_content=False)
+    template = codec.to_secret(KeyRequest.new(f"{tag}@example.com", "gpt-4o-mini"))
+    bodies = []
+    for i in range(total):
+        body = json.loads(json.dumps(template))
+        body["metadata"]["name"] = f"bench-floor-{tag}-{i:06d}"
+        # the same labels, the component renamed (same length): not a request, never swept or counted
+        body["metadata"]["labels"][codec.COMPONENT_LABEL] = "bench-floor-sec"
+        bodies.append(body)
+    latencies: list[float] = []
+    lock = threading.Lock()
 
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(create, range(count)))
+    def create(body: dict) -> None:
+        started = time.perf_counter()
+        api.create_namespaced_secret(namespace, body, _preload_content=False)
+        elapsed = time.perf_counter() - started
+        with lock:
+            latencies.append(elapsed)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(create, bodies))
+    return time.perf_counter() - started, latencies
 
 
 def unlimited_config(directory: Path) -> Path:
@@ -56,10 +82,12 @@ def unlimited_config(directory: Path) -> Path:
     return path
 
 
-def start_host(port: int, kubeconfig: Path, namespace: str, log_path: Path) -> subprocess.Popen:
+def start_host(port: int, kubeconfig: Path, namespace: str, log_path: Path,
+               extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m local_host` on `port`, its timers parked (1 January only), once /health answers 200."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBERNETES_NAMESPACE": namespace,
            "CONFIG_FILE": str(unlimited_config(log_path.parent)), "APPROVAL_SCHEDULE": "0 0 0 1 1 *",
-           "TEAM_SCHEDULE": "0 0 0 1 1 *", "LITELLM_API_KEY": "sk-bench-unused-placeholder"}
+           "TEAM_SCHEDULE": "0 0 0 1 1 *", "LITELLM_API_KEY": "sk-bench-unused-placeholder", **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "local_host", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
@@ -79,6 +107,7 @@ def load(port: int, clients: int, total: int, tag: str, rate: float | None = Non
     """Closed loop (each client sends as soon as its last answer came), or paced at `rate` req/s
     overall, latency counted from the planned send time so a stall cannot hide."""
     latencies: list[float] = []
+    failures: list[str] = []
     lock = threading.Lock()
     counter = iter(range(total))
     origin = time.perf_counter()
@@ -91,12 +120,17 @@ def load(port: int, clients: int, total: int, tag: str, rate: float | None = Non
                 time.sleep(planned - time.perf_counter())
             body = json.dumps({"llm": "gpt-4o-mini", "email": f"{tag}-{i}@example.com"})
             started = planned
-            conn.request("POST", "/api/request-key", body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
+            try:
+                conn.request("POST", "/api/request-key", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException) as exc:  # a timeout: this client stops
+                failures.append(f"failed after {time.perf_counter() - started:.1f} s: {type(exc).__name__}")
+                return
             elapsed = time.perf_counter() - started
             if response.status != 201:
-                raise RuntimeError(f"unexpected {response.status}")
+                failures.append(f"answered {response.status} after {elapsed:.1f} s")
+                return
             with lock:
                 latencies.append(elapsed)
         conn.close()
@@ -107,6 +141,9 @@ def load(port: int, clients: int, total: int, tag: str, rate: float | None = Non
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:  # a client that failed stopped: the figures would describe fewer clients than asked
+        raise SystemExit(f"{tag}: {len(failures)} of {clients} clients stopped: POST /api/request-key "
+                         f"{failures[0]} (after {len(latencies)} answers)")
     return time.perf_counter() - started, latencies
 
 
@@ -114,52 +151,77 @@ def p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
 
 
+def body_size() -> int:
+    from shared.domain.request import KeyRequest
+    from shared.store import codec
+
+    return len(json.dumps(codec.to_secret(KeyRequest.new("someone@example.com", "gpt-4o-mini"))))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--stored", type=int, default=5000)
+    parser.add_argument("--stored", type=int, default=50000)
     parser.add_argument("--rate", type=float, default=100.0,
                         help="offered load of the paced run, req/s (0: skip it)")
+    parser.add_argument("--floor-creates", type=int, default=1000,
+                        help="plain Secret creates per floor measurement (two per stored level)")
+    parser.add_argument("--seed-threads", type=int, default=32, help="threads that seed the stored requests")
     args = parser.parse_args()
 
-    from kubernetes import client, config
-
     local_cluster = load_local_cluster()
-    with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
+    print(f"$ .venv/bin/python bench/intake.py {shlex.join(sys.argv[1:])}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench17-intake-") as tmp:
         work = Path(tmp)
         cluster = local_cluster.start(work / "cluster")
         try:
-            api = client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+            api = core_api(cluster.kubeconfig)  # the app's client settings (pool, retries)
+            print(f"{os.cpu_count()} CPUs shared by the apiserver, etcd, the host and the clients; a request "
+                  f"Secret's body is {body_size()} bytes", flush=True)
             results = {}
             for stored in (0, args.stored):
                 namespace = f"bench-{stored}-{uuid.uuid4().hex[:6]}"
                 api.create_namespace({"metadata": {"name": namespace}})
                 if stored:
-                    t0 = time.perf_counter()
-                    seed(api, namespace, stored)
-                    print(f"seeded {stored} request Secrets in {time.perf_counter() - t0:.1f} s", flush=True)
+                    seconds = seed_requests(api, namespace, stored, f"seed{stored}", states=MIXED,
+                                            threads=args.seed_threads)
+                    print(f"seeded {stored} request Secrets (states {', '.join(MIXED)} in turn) in {seconds:.1f} s "
+                          f"({stored / seconds:.0f}/s, {args.seed_threads} threads)", flush=True)
                 port = free_port()
                 host = start_host(port, cluster.kubeconfig, namespace, work / f"host-{stored}.log")
                 try:
                     load(port, args.clients, 50, f"warm{stored}")  # connections, imports, caches
+                    floor(api, namespace, args.clients, 100, f"warm{stored}")
+                    floor_before = floor(api, namespace, args.clients, args.floor_creates, f"a{stored}")
                     wall, latencies = load(port, args.clients, args.requests, f"run{stored}")
+                    floor_after = floor(api, namespace, args.clients, args.floor_creates, f"b{stored}")
                     paced = load(port, args.clients, args.requests, f"paced{stored}", args.rate)[1] \
                         if args.rate else None
                 finally:
                     host.terminate()
                     host.wait(10)
                 rate = len(latencies) / wall
-                results[stored] = (rate, p(latencies, 50), p(latencies, 99))
+                floors = [len(lat) / seconds for seconds, lat in (floor_before, floor_after)]
+                floor_rate = statistics.mean(floors)
+                floor_latencies = floor_before[1] + floor_after[1]
+                results[stored] = (rate, p(latencies, 50), p(latencies, 99), floor_rate)
                 print(f"stored={stored:>5}  clients={args.clients}  requests={len(latencies)}  "
                       f"{rate:7.1f} req/s  p50 {results[stored][1]:6.1f} ms  p99 {results[stored][2]:6.1f} ms",
                       flush=True)
+                print(f"stored={stored:>5}  floor: plain Secret creates, {args.clients} threads, "
+                      f"{args.floor_creates} before + {args.floor_creates} after: {floor_rate:7.1f} creates/s "
+                      f"({floors[0]:.1f} / {floors[1]:.1f})  p50 {p(floor_latencies, 50):6.1f} ms  "
+                      f"p99 {p(floor_latencies, 99):6.1f} ms", flush=True)
+                print(f"stored={stored:>5}  intake / floor = {rate / floor_rate:.2f}  (goal: >= 0.6)", flush=True)
                 if paced:
                     print(f"stored={stored:>5}  paced at {args.rate:.0f} req/s               "
                           f"p50 {p(paced, 50):6.1f} ms  p99 {p(paced, 99):6.1f} ms", flush=True)
             empty, full = results[0], results[args.stored]
             print(f"ratio stored={args.stored} / stored=0:  throughput {full[0] / empty[0]:.2f}  "
-                  f"p99 {full[2] / empty[2]:.2f}  (goal: p99 <= 50 ms, within 20 %)")
+                  f"p99 {full[2] / empty[2]:.2f}  floor {full[3] / empty[3]:.2f}  "
+                  f"intake/floor {full[0] / full[3]:.2f} vs {empty[0] / empty[3]:.2f}  "
+                  f"(goal: p99 <= 50 ms, throughput within 20 %)")
         finally:
             cluster.stop()
 

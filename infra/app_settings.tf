@@ -51,8 +51,12 @@ locals {
     KUBERNETES_SERVER          = var.aks_api_server_url
     KUBERNETES_CA_DATA         = var.aks_ca_certificate
     KUBERNETES_NAMESPACE       = var.kubernetes_namespace
+    TEAM_KEYS_NAMESPACE        = var.team_keys_namespace
     KUBERNETES_TIMEOUT_SECONDS = var.kubernetes_timeout_seconds
     KUBECONFIG                 = "" # not used with KUBERNETES_AUTH=entra
+
+    # Finished requests move here, out of what the timer's sweeps read (infra/kubernetes/namespace.yaml).
+    KUBERNETES_ARCHIVE_NAMESPACE = "${var.kubernetes_namespace}-archive"
 
     # The two schedules are read by the Functions host (%APPROVAL_SCHEDULE%, %TEAM_SCHEDULE%).
     CONFIG_FILE       = var.config_file
@@ -67,6 +71,10 @@ locals {
     PROCESSOR_LEASE_SECONDS       = var.processor.lease_seconds
     PROCESSOR_BACKOFF_SECONDS     = var.processor.backoff_seconds
     TEAM_TIME_BUDGET_SECONDS      = var.team_time_budget_seconds
+
+    # The Function App's CORS list (main.tf) again, for the app: an admin change from another
+    # Origin is refused (shared/http/writes.py).
+    CORS_ALLOWED_ORIGINS = join(",", var.cors_allowed_origins)
 
     LITELLM_BASE_URL        = var.litellm_base_url
     LITELLM_GATEWAY_URL     = var.litellm_gateway_url

@@ -262,6 +262,12 @@ variable "kubernetes_namespace" {
   default     = "llm-key-requestor"
 }
 
+variable "team_keys_namespace" {
+  description = "Namespace of the teams' {team}-api-key Secrets, apart from the request Secrets (infra/kubernetes/namespace.yaml; teams get read access there, docs/teams.md)."
+  type        = string
+  default     = "developer-requests"
+}
+
 variable "kubernetes_timeout_seconds" {
   description = "Timeout of each Kubernetes API call."
   type        = number

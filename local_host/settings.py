@@ -64,6 +64,11 @@ def load_local_settings(
 
     host = doc.get("Host") or {}
     origins = [o.strip().rstrip("/") for o in str(host.get("CORS") or "").split(",") if o.strip()]
+    # The app refuses admin changes from origins outside its CORS list; on Azure Terraform sets
+    # CORS_ALLOWED_ORIGINS from the same list as the platform's CORS, here Host.CORS is that list.
+    if origins and not environ.get("CORS_ALLOWED_ORIGINS", "").strip():  # blank is unset, as in the app
+        environ["CORS_ALLOWED_ORIGINS"] = ",".join(origins)
+        applied = [*(a for a in applied if a != "CORS_ALLOWED_ORIGINS"), "CORS_ALLOWED_ORIGINS"]
     port = host.get("LocalHttpPort")
     return LocalSettings(
         values=values,

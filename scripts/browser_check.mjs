@@ -258,6 +258,17 @@ async function requester(browser) {
   return { first: { ...first, email: EMAIL_1, model: 'gpt-4o' }, second: { ...second, email: EMAIL_2, model: 'claude-3-5-sonnet' } }
 }
 
+// An admin change must be no simple request: the panel's own Content-Type and Origin, as the app
+// requires them (README, "Admin API"). Throws unless the panel sent both.
+async function writeHeaders(res) {
+  const sent = await res.request().allHeaders()
+  const origin = new URL(args.admin).origin
+  if ((sent['content-type'] || '').split(';')[0] !== 'application/json' || sent.origin !== origin) {
+    throw new Error(`the panel sent Content-Type ${sent['content-type']} and Origin ${sent.origin}; the app needs application/json and ${origin}`)
+  }
+  return `[Content-Type: ${sent['content-type']}, Origin: ${sent.origin}]`
+}
+
 async function tableRows(page) {
   return page.locator('.v-data-table tbody tr').evaluateAll((rows) => rows.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.innerText.trim())))
 }
@@ -357,7 +368,7 @@ async function admin(browser, submitted) {
     await page.waitForTimeout(300)
     const rows = await tableRows(page)
     if (rows.some((c) => c.includes(submitted.first.email))) throw new Error(`${submitted.first.email} is still on the Pending tab`)
-    return `sent ${res.request().postData()} -> HTTP ${res.status()} ${await bodyOf(res)}; snackbar "${said}"; pending now: ${describeRows(rows) || '(none)'}`
+    return `sent ${await writeHeaders(res)} ${res.request().postData()} -> HTTP ${res.status()} ${await bodyOf(res)}; snackbar "${said}"; pending now: ${describeRows(rows) || '(none)'}`
   })
 
   await step(page, 'admin-approved', async () => {
@@ -377,7 +388,7 @@ async function admin(browser, submitted) {
     const rows = await tableRows(page)
     if (rows.some((c) => c.includes(submitted.second.email))) throw new Error(`${submitted.second.email} is still on the Pending tab`)
     const empty = rows.length === 1 && rows[0].length === 1 ? ` ("${rows[0][0]}")` : ''
-    return `sent ${res.request().postData() ?? 'no body'} -> HTTP ${res.status()} ${await bodyOf(res)}; snackbar "${said}"; pending now: ${empty || describeRows(rows)}`
+    return `sent ${await writeHeaders(res)} ${res.request().postData() ?? 'no body'} -> HTTP ${res.status()} ${await bodyOf(res)}; snackbar "${said}"; pending now: ${empty || describeRows(rows)}`
   })
 
   await step(page, 'admin-all-states', async () => {
@@ -441,6 +452,20 @@ async function statusCheck(submitted) {
   return out.join('; ')
 }
 
+// The rules the panel's changes just passed, refused when broken: a body-less approve without
+// Content-Type (what a cross-site page can send) is 415, a foreign Origin 403, and a 401 carries
+// no Basic challenge. Nothing changes: the guard answers before the request is looked at.
+async function writeRules(submitted) {
+  const url = `${API}/api/admin/requests/${submitted.first.request_id}/approve`
+  const auth = { Authorization: `Basic ${Buffer.from(`${USER}:${PASSWORD}`).toString('base64')}` }
+  const simple = await fetch(url, { method: 'POST', headers: { ...auth, Origin: new URL(args.admin).origin } })
+  const foreign = await fetch(url, { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json', Origin: 'https://evil.example' } })
+  const anonymous = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json' } })
+  const said = `no Content-Type -> ${simple.status} "${(await simple.json()).message}"; Origin https://evil.example -> ${foreign.status} "${(await foreign.json()).message}"; no credentials -> ${anonymous.status}, WWW-Authenticate ${anonymous.headers.get('www-authenticate') ?? '(none)'}`
+  if (simple.status !== 415 || foreign.status !== 403 || anonymous.status !== 401 || anonymous.headers.has('www-authenticate')) throw new Error(said)
+  return said
+}
+
 // A check that needs no page: one numbered line, ok or FAIL.
 async function check(name, fn) {
   stepNo += 1
@@ -464,6 +489,7 @@ try {
   fs.writeFileSync(path.join(OUT, 'requests.json'), JSON.stringify(submitted, null, 2))
   await admin(browser, submitted)
   await check('status-endpoint', () => statusCheck(submitted))
+  await check('admin-write-rules', () => writeRules(submitted))
 } catch (err) {
   failed = true
   fs.appendFileSync(path.join(OUT, 'console-log.txt'), `\n[check] stopped: ${err.stack}\n`)

@@ -9,7 +9,9 @@
 # under /tmp), builds both pages against http://127.0.0.1:7071 and serves them on 127.0.0.1:5173
 # and :5174, starts a fresh local cluster and the app (local_host) with a timer that never fires,
 # then runs scripts/browser_check.mjs: request two keys on the requester page, then log in to the
-# admin panel, deny one with a reason and approve the other. One line per step; screenshots, the
+# admin panel, deny one with a reason and approve the other (checking that the panel's changes carry
+# Content-Type: application/json and its own Origin, and that the app refuses them without those
+# or without credentials, with no Basic challenge). One line per step; screenshots, the
 # pages' API calls (api-log.txt) and the app's log go to DIR (default /tmp/browser-check-<time>).
 # Afterwards it lists the request Secrets with kubectl. Everything it started is stopped on exit.
 # Exit status: 0 when every step passed.
@@ -20,7 +22,7 @@ out="" src=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) [ $# -ge 2 ] || usage; out=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     -*) usage ;;
     *) [ -z "$src" ] || usage; src=$1; shift ;;
   esac

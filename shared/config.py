@@ -168,6 +168,9 @@ class RequestPolicy(_Strict):
     limits: IntakeLimits = Field(default_factory=IntakeLimits)
     deny_cooldown: str = Field("30d", pattern=DURATION,
                                description="after a denial, the same mailbox and model are refused this long (0d: not)")
+    retention_days: int | None = Field(
+        90, ge=1, description="finished requests (denied, revoked, failed, expired) are deleted this many days "
+                              "after their last change, by the daily retention_timer (null: kept for ever)")
 
     _allowed = field_validator("allowed_email_domains")(_ascii_domains)
     _tags = field_validator("tag_separators")(_separators)

@@ -138,7 +138,8 @@ def _request_store() -> RequestStore:
     from shared.store.requests import KubernetesRequestStore
 
     current = settings()
-    return KubernetesRequestStore(kube_client(), current.namespace, current.kubernetes_timeout_seconds)
+    return KubernetesRequestStore(kube_client(), current.namespace, current.kubernetes_timeout_seconds,
+                                  archive_namespace=current.archive_namespace)
 
 
 def block_store():
@@ -210,7 +211,8 @@ def _team_store():
     from shared.store.teams import KubernetesTeamStore
 
     current = settings()
-    return KubernetesTeamStore(kube_client(), current.namespace, current.kubernetes_timeout_seconds)
+    return KubernetesTeamStore(kube_client(), current.namespace, current.kubernetes_timeout_seconds,
+                               keys_namespace=current.team_keys_namespace)
 
 
 def team_reconciler():
@@ -233,7 +235,7 @@ def _team_reconciler():
         apim = ApimTeamProducts.from_settings(current)
     options = TeamReconcilerOptions(
         api_ids=team_api_ids(current),
-        namespace=current.namespace,
+        keys_namespace=current.team_keys_namespace,
         gateway_url=current.apim_gateway_url,
         concurrency=current.processor_concurrency,
         time_budget_seconds=current.team_time_budget_seconds,

@@ -9,6 +9,7 @@ Secrets are `SecretStr`: they never show in a repr, a log line or an error messa
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -58,11 +59,17 @@ class Settings(BaseModel):
 
     # Kubernetes store
     kubernetes_namespace: str = Field("", alias="KUBERNETES_NAMESPACE")
+    # Finished requests move here, out of what the timer's sweeps read (shared/store/requests.py).
+    kubernetes_archive_namespace: str = Field("", alias="KUBERNETES_ARCHIVE_NAMESPACE")
     kubeconfig: str | None = Field(None, alias="KUBECONFIG")
     kubernetes_timeout_seconds: float = Field(10.0, alias="KUBERNETES_TIMEOUT_SECONDS", gt=0)
     kubernetes_auth: Literal["kubeconfig", "entra"] = Field("kubeconfig", alias="KUBERNETES_AUTH")
     kubernetes_server: str | None = Field(None, alias="KUBERNETES_SERVER")
     kubernetes_ca_data: str | None = Field(None, alias="KUBERNETES_CA_DATA")
+    # The teams' `{team}-api-key` Secrets live apart from the request Secrets: teams get read
+    # access there (one Role per team, limited by resourceNames; docs/teams.md), never where every
+    # requester's request is kept. `developer-requests` is where the earlier GitOps flow put them.
+    team_keys_namespace: str = Field("developer-requests", alias="TEAM_KEYS_NAMESPACE")
     # Not an app setting: whether the app runs in a Kubernetes pod (KUBERNETES_SERVICE_HOST, set by
     # Kubernetes itself, is there), so KUBERNETES_AUTH=kubeconfig means the pod's service account.
     in_cluster: bool = Field(False, description="set by from_env from KUBERNETES_SERVICE_HOST")
@@ -136,6 +143,10 @@ class Settings(BaseModel):
     admin_trust_app_service_auth: bool = Field(False, alias="ADMIN_TRUST_APP_SERVICE_AUTH")
     admin_role: str = Field("KeyRequestor.Admin", alias="ADMIN_ROLE")
     admin_login_attempts_per_minute: int = Field(10, alias="ADMIN_LOGIN_ATTEMPTS_PER_MINUTE", ge=1)
+    # The origins of the frontend and the admin panel: the Function App's CORS list (Terraform sets
+    # both from one variable; the local host copies Host.CORS here). An admin write that carries
+    # another Origin is refused (shared/http/writes.py).
+    cors_allowed_origins: str = Field("", alias="CORS_ALLOWED_ORIGINS")
 
     # Requester links in emails (renew, rotate, revoke, ask again): signed with LINK_SIGNING_KEY,
     # pointing at PUBLIC_BASE_URL, valid for LINK_TTL_DAYS. The key is required on Azure; elsewhere an
@@ -186,6 +197,32 @@ class Settings(BaseModel):
             if self.link_signing_key.get_secret_value() == LOCAL_SAMPLE_LINK_KEY:
                 raise ValueError("LINK_SIGNING_KEY: the local sample's value cannot be used on Azure")
         return self
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",") if o.strip()):
+            parsed = urlsplit(origin)
+            if origin != "*" and (parsed.scheme not in ("http", "https") or not parsed.hostname
+                                  or parsed.path.strip("/") or parsed.query or parsed.fragment):
+                raise ValueError(f"{origin[:100]!r} is not an origin such as https://keys.example.com (or *)")
+        return value
+
+    @model_validator(mode="after")
+    def _no_wildcard_origin_on_azure(self) -> Settings:
+        if self.on_azure and "*" in self.cors_origins:
+            raise ValueError("CORS_ALLOWED_ORIGINS: * is for local runs; list the real origins on Azure")
+        return self
+
+    @field_validator("team_keys_namespace", mode="before")
+    @classmethod
+    def _namespace_name(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip() or "developer-requests"
+            if len(value) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", value):
+                raise ValueError(f"{value[:70]!r} is not a Kubernetes namespace name (lower-case letters, digits "
+                                 "and '-', at most 63)")
+        return value
 
     @field_validator("smtp_use_tls", mode="before")
     @classmethod
@@ -243,6 +280,11 @@ class Settings(BaseModel):
         return f"{parsed.scheme}://{parsed.netloc}".lower()
 
     @property
+    def cors_origins(self) -> frozenset[str]:
+        """CORS_ALLOWED_ORIGINS as a browser sends them in `Origin`: lower-case, no trailing slash."""
+        return frozenset(o.strip().rstrip("/").lower() for o in self.cors_allowed_origins.split(",") if o.strip())
+
+    @property
     def namespace(self) -> str:
         """The configured namespace, else the pod's own, else `default` (as the earlier service)."""
         if self.kubernetes_namespace.strip():
@@ -250,6 +292,11 @@ class Settings(BaseModel):
         if IN_CLUSTER_NAMESPACE_FILE.is_file():
             return IN_CLUSTER_NAMESPACE_FILE.read_text().strip()
         return "default"
+
+    @property
+    def archive_namespace(self) -> str:
+        """Where finished requests are kept: KUBERNETES_ARCHIVE_NAMESPACE, else `<namespace>-archive`."""
+        return self.kubernetes_archive_namespace.strip() or f"{self.namespace}-archive"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

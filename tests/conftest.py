@@ -60,12 +60,17 @@ def namespace(core_api) -> str:
 
 
 @pytest.fixture
-def app_env(kube_cluster, namespace, monkeypatch):
+def app_env(kube_cluster, core_api, namespace, monkeypatch):
     """The app's settings pointed at the test cluster and namespace; the context rebuilt around it."""
     from shared import context
 
     monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
     monkeypatch.setenv("KUBERNETES_NAMESPACE", namespace)
+    # The teams' keys Secrets live apart from the records (TEAM_KEYS_NAMESPACE): a namespace of their own.
+    core_api.create_namespace({"metadata": {"name": f"{namespace}-keys"}})
+    monkeypatch.setenv("TEAM_KEYS_NAMESPACE", f"{namespace}-keys")
+    # Finished requests move to the archive (KUBERNETES_ARCHIVE_NAMESPACE, default <namespace>-archive).
+    core_api.create_namespace({"metadata": {"name": f"{namespace}-archive"}})
     monkeypatch.setenv("CONFIG_FILE", str(ROOT / "config.yaml"))
     context.reset()
     yield namespace
@@ -105,6 +110,22 @@ def http(app_env, wsgi_app):
 
 def secret_names(core_api, namespace: str, selector: str) -> list[str]:
     return sorted(s.metadata.name for s in core_api.list_namespaced_secret(namespace, label_selector=selector).items)
+
+
+def request_secret(core_api, namespace: str, request_id: str):
+    """A request's Secret where the app keeps it: the request namespace, or once it is finished
+    and its work done, the archive (`<namespace>-archive`)."""
+    from kubernetes.client.exceptions import ApiException
+
+    from shared.store.codec import request_name
+
+    for where in (namespace, f"{namespace}-archive"):
+        try:
+            return core_api.read_namespaced_secret(request_name(request_id), where)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    raise AssertionError(f"request {request_id} is stored in neither {namespace} nor its archive")
 
 
 def free_port() -> int:

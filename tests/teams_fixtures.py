@@ -175,12 +175,18 @@ def apim_products(arm, service_name: str, timeout: float = 2.0):
                             credential=StaticToken(arm.token), ca_bundle=arm.ca_pem_path, timeout_seconds=timeout)
 
 
+def keys_namespace(namespace: str) -> str:
+    """The team keys namespace the tests pair with a records namespace."""
+    return f"{namespace}-keys"
+
+
 class Harness:
     """A team reconciler on the real apiserver (test namespace) and the ARM stand-in."""
 
     def __init__(self, kube_api_client: Any, namespace: str, arm: Any, service_name: str, service: Any,
                  api_ids: tuple[str, ...] = API_IDS, holder: str | None = None) -> None:
         from kubernetes import client
+        from kubernetes.client.rest import ApiException
 
         from shared.adapters.kaito import KaitoWorkspaces
         from shared.services.team_reconciler import TeamReconciler, TeamReconcilerOptions
@@ -189,14 +195,21 @@ class Harness:
 
         self.clock = Clock()
         self.namespace = namespace
+        self.keys_namespace = keys_namespace(namespace)  # TEAM_KEYS_NAMESPACE: apart from the records
         self.arm = arm
         self.service = service
         self.core = client.CoreV1Api(kube_api_client)
+        try:
+            self.core.create_namespace({"metadata": {"name": self.keys_namespace}})
+        except ApiException as error:
+            if error.status != 409:  # a second harness on the same namespace
+                raise
         self.objects = client.CustomObjectsApi(kube_api_client)
-        self.store = KubernetesTeamStore(kube_api_client, namespace)
+        self.store = KubernetesTeamStore(kube_api_client, namespace, keys_namespace=self.keys_namespace)
         self.outbox = Outbox()
         extra = {"holder": holder} if holder else {}
-        self.options = TeamReconcilerOptions(api_ids=api_ids, namespace=namespace, gateway_url="https://gw.example",
+        self.options = TeamReconcilerOptions(api_ids=api_ids, keys_namespace=self.keys_namespace,
+                                             gateway_url="https://gw.example",
                                              backoff_base_seconds=0.05, max_attempts=3, **extra)
         self.reconciler = TeamReconciler(self.store, apim_products(arm, service_name),
                                          KaitoWorkspaces(kube_api_client, namespace), self.outbox,
@@ -215,15 +228,20 @@ class Harness:
         body = self.objects.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
         return {item["metadata"]["name"]: item for item in body["items"]}
 
-    def secret(self, name: str):
+    def secret(self, name: str, namespace: str | None = None):
+        """A Secret of the records' namespace (or `namespace`), None if there is none."""
         from kubernetes.client.rest import ApiException
 
         try:
-            return self.core.read_namespaced_secret(name, self.namespace)
+            return self.core.read_namespaced_secret(name, namespace or self.namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
+
+    def keys(self, team: str):
+        """The team's keys Secret, where teams read it (TEAM_KEYS_NAMESPACE)."""
+        return self.secret(f"{team}-api-key", self.keys_namespace)
 
 
 @pytest.fixture

@@ -26,17 +26,19 @@ def test_each_endpoint_is_its_own_http_function(functions):
         assert (trigger["route"], trigger["methods"], trigger["authLevel"]) == (route, methods, auth), name
 
 
-def test_two_timers_each_with_its_schedule_setting_and_the_local_host_runs_both(function_app_module, functions):
+def test_timers_each_with_its_schedule_and_the_local_host_runs_them_all(function_app_module, functions):
     from local_host import TimerScheduler
 
     timers = {name: entry.trigger["schedule"] for name, entry in functions.items()
               if entry.trigger_type == "timerTrigger"}
-    assert timers == {"approval_timer": "%APPROVAL_SCHEDULE%", "team_timer": "%TEAM_SCHEDULE%"}
-    # The sample (what scripts/run starts with) sets both, to the documented default.
+    assert timers == {"approval_timer": "%APPROVAL_SCHEDULE%", "team_timer": "%TEAM_SCHEDULE%",
+                      "retention_timer": "0 30 3 * * *"}
+    # The sample (what scripts/run starts with) sets both settings, to the documented default.
     sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
-    assert {sample[schedule.strip("%")] for schedule in timers.values()} == {"*/30 * * * * *"}
+    assert {sample[schedule.strip("%")] for schedule in timers.values() if "%" in schedule} == {"*/30 * * * * *"}
     scheduler = TimerScheduler(function_app_module.app, environ=sample)
-    assert sorted(timer.entry.name for timer in scheduler.timers) == ["approval_timer", "team_timer"]
+    assert sorted(timer.entry.name for timer in scheduler.timers) == ["approval_timer", "retention_timer",
+                                                                       "team_timer"]
 
 
 def test_host_json_serves_routes_without_a_prefix():

@@ -667,21 +667,28 @@ def load_manifests() -> dict[str, list[dict]]:
             for path in sorted(MANIFESTS.glob("*.yaml"))}
 
 
+APP_NAMESPACE, KEYS_NAMESPACE = "llm-key-requestor", "developer-requests"  # as shipped
+ARCHIVE_NAMESPACE = APP_NAMESPACE + "-archive"
+
+
 def manifests_for(namespace: str, names: tuple[str, ...], object_id: str | None = None) -> str:
-    """The given manifest files with their namespace renamed (each test its own) and the Entra
-    placeholder filled, as an operator does."""
+    """The given manifest files with their namespaces renamed (each test its own: the app's
+    `namespace`, the team keys' `namespace`-keys) and the Entra placeholder filled, as an operator does."""
+    def renamed(name: str) -> str:
+        return f"{namespace}-keys" if name == KEYS_NAMESPACE else name.replace(APP_NAMESPACE, namespace, 1)
+
     docs = []
     for name, file_docs in load_manifests().items():
         if name not in names:
             continue
         for doc in file_docs:
             if doc["kind"] == "Namespace":
-                doc["metadata"]["name"] = namespace
+                doc["metadata"]["name"] = renamed(doc["metadata"]["name"])
             if "namespace" in doc["metadata"]:
-                doc["metadata"]["namespace"] = namespace
+                doc["metadata"]["namespace"] = renamed(doc["metadata"]["namespace"])
             for subject in doc.get("subjects", []):
                 if "namespace" in subject:
-                    subject["namespace"] = namespace
+                    subject["namespace"] = renamed(subject["namespace"])
                 if object_id and subject["name"] == ENTRA_PLACEHOLDER:
                     subject["name"] = object_id
             docs.append(doc)
@@ -690,37 +697,60 @@ def manifests_for(namespace: str, names: tuple[str, ...], object_id: str | None 
 
 def test_manifests_are_what_the_app_needs():
     manifests = load_manifests()
-    assert set(manifests) == {"namespace.yaml", "role.yaml", "rolebinding-entra.yaml", "serviceaccount.yaml"}
-    (role,) = manifests["role.yaml"]
-    assert role["kind"] == "Role"  # namespaced, never a ClusterRole
+    assert set(manifests) == {"namespace.yaml", "role.yaml", "rolebinding-entra.yaml", "serviceaccount.yaml",
+                              "resourcequota.yaml"}
+    assert [doc["metadata"]["name"] for doc in manifests["namespace.yaml"]] == [
+        APP_NAMESPACE, ARCHIVE_NAMESPACE, KEYS_NAMESPACE]
+    role, archive_role, keys_role = manifests["role.yaml"]
+    assert role["kind"] == archive_role["kind"] == keys_role["kind"] == "Role"  # namespaced, never a ClusterRole
+    # In the archive, what shared/store/requests.py does there: no patch.
+    assert archive_role["metadata"]["namespace"] == ARCHIVE_NAMESPACE
+    assert archive_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
+                                      "verbs": ["get", "list", "create", "update", "delete"]}]
+    quotas = manifests["resourcequota.yaml"]
+    assert [(q["kind"], q["metadata"]["namespace"]) for q in quotas] == [
+        ("ResourceQuota", APP_NAMESPACE), ("ResourceQuota", ARCHIVE_NAMESPACE)]
+    assert all(int(q["spec"]["hard"]["count/secrets"]) > 0 for q in quotas)
     rules = {(tuple(rule["apiGroups"]), tuple(rule["resources"])): set(rule["verbs"]) for rule in role["rules"]}
     needed = {"get", "list", "create", "update", "patch", "delete"}
     assert rules == {(("",), ("secrets",)): needed, (("kaito.sh",), ("workspaces",)): needed}
-    (binding,) = manifests["rolebinding-entra.yaml"]
-    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                                    "name": ENTRA_PLACEHOLDER}]
+    # In the team keys namespace only what shared/store/team_keys.py does: by name, never a list.
+    assert keys_role["metadata"]["namespace"] == KEYS_NAMESPACE
+    assert keys_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
+                                   "verbs": ["get", "create", "update", "delete"]}]
+    bindings = manifests["rolebinding-entra.yaml"]
+    assert [(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in bindings] == [
+        (APP_NAMESPACE, role["metadata"]["name"]), (ARCHIVE_NAMESPACE, archive_role["metadata"]["name"]),
+        (KEYS_NAMESPACE, keys_role["metadata"]["name"])]
+    for binding in bindings:
+        assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                        "name": ENTRA_PLACEHOLDER}]
     kinds = [doc["kind"] for doc in manifests["serviceaccount.yaml"]]
-    assert kinds == ["ServiceAccount", "RoleBinding"]
+    assert kinds == ["ServiceAccount", "RoleBinding", "RoleBinding", "RoleBinding"]
     for docs in manifests.values():
         for doc in docs:
             namespace = doc["metadata"].get("namespace", doc["metadata"]["name"])
-            assert namespace == "llm-key-requestor", doc["metadata"]
+            assert namespace in (APP_NAMESPACE, ARCHIVE_NAMESPACE, KEYS_NAMESPACE), doc["metadata"]
 
 
 def test_manifests_apply_with_server_dry_run(kube_cluster):
     """The files as shipped, validated by the apiserver (dry run: nothing is stored)."""
     kubectl(kube_cluster, "apply", "--dry-run=server", "-f", str(MANIFESTS / "namespace.yaml"))
-    # The namespaced objects need their namespace to exist for a server-side dry run.
-    exists = kubectl(kube_cluster, "get", "namespace", "llm-key-requestor", check=False).returncode == 0
+    # The namespaced objects need their namespaces to exist for a server-side dry run.
+    exists = kubectl(kube_cluster, "get", "namespace", APP_NAMESPACE, check=False).returncode == 0
     if not exists:
         kubectl(kube_cluster, "apply", "-f", str(MANIFESTS / "namespace.yaml"))
     try:
         result = kubectl(kube_cluster, "apply", "--dry-run=server", "-f", str(MANIFESTS))
-        stored = kubectl(kube_cluster, "-n", "llm-key-requestor", "get", "role", "llm-key-requestor", check=False)
+        stored = kubectl(kube_cluster, "-n", APP_NAMESPACE, "get", "role", "llm-key-requestor", check=False)
     finally:
         if not exists:
-            kubectl(kube_cluster, "delete", "namespace", "llm-key-requestor", "--wait=false", check=False)
+            for name in (APP_NAMESPACE, ARCHIVE_NAMESPACE, KEYS_NAMESPACE):
+                kubectl(kube_cluster, "delete", "namespace", name, "--wait=false", check=False)
     for expected in ("role.rbac.authorization.k8s.io/llm-key-requestor",
+                     "role.rbac.authorization.k8s.io/llm-key-requestor-archive",
+                     "role.rbac.authorization.k8s.io/llm-key-requestor-team-keys",
+                     "resourcequota/llm-key-requestor-secrets",
                      "rolebinding.rbac.authorization.k8s.io/llm-key-requestor-entra",
                      "rolebinding.rbac.authorization.k8s.io/llm-key-requestor-serviceaccount",
                      "serviceaccount/llm-key-requestor"):
@@ -736,7 +766,8 @@ def rbac_namespace(kube_cluster, core_api):
     manifest = manifests_for(namespace, ("namespace.yaml", "role.yaml", "serviceaccount.yaml"))
     kubectl(kube_cluster, "apply", "-f", "-", stdin=manifest)
     yield namespace
-    kubectl(kube_cluster, "delete", "namespace", namespace, "--wait=false", check=False)
+    for name in (namespace, f"{namespace}-archive", f"{namespace}-keys"):
+        kubectl(kube_cluster, "delete", "namespace", name, "--wait=false", check=False)
 
 
 def service_account_client(kube_cluster, core_api, namespace: str):
@@ -769,6 +800,27 @@ def test_the_service_account_can_do_what_the_app_does_with_secrets(kube_cluster,
                                 {"metadata": {"labels": {"request-state": "approved"}}})
     api.delete_namespaced_secret("llm-key-request-rbac", rbac_namespace)
     assert api.list_namespaced_secret(rbac_namespace).items == []
+
+
+def test_in_the_team_keys_namespace_the_service_account_does_only_what_the_app_does(kube_cluster, core_api,
+                                                                                     rbac_namespace):
+    """shared/store/team_keys.py: read by name, create, replace, delete; never a list or a patch."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    sa_client = service_account_client(kube_cluster, core_api, rbac_namespace)
+    api, keys = client.CoreV1Api(sa_client), f"{rbac_namespace}-keys"
+    api.create_namespaced_secret(keys, {"metadata": {"name": "alpha-api-key"}, "stringData": {"primary-key": "k"}})
+    read = api.read_namespaced_secret("alpha-api-key", keys)
+    read.string_data = {"primary-key": "k2"}
+    api.replace_namespaced_secret("alpha-api-key", keys, read)
+    api.delete_namespaced_secret("alpha-api-key", keys)
+    for verb in ("list", "watch", "patch", "deletecollection"):
+        assert not _review(kube_cluster, core_api, keys, verb, "secrets", client_=sa_client), verb
+    assert not _review(kube_cluster, core_api, keys, "create", "workspaces", "kaito.sh", client_=sa_client)
+    with pytest.raises(ApiException) as error:
+        api.list_namespaced_secret(keys)
+    assert error.value.status == 403
 
 
 def test_the_service_account_is_refused_elsewhere(kube_cluster, core_api, rbac_namespace, namespace):
@@ -831,8 +883,11 @@ def test_the_entra_binding_grants_the_identitys_object_id(kube_cluster, core_api
         assert not _review(kube_cluster, core_api, namespace, "get", "secrets", user=object_id)
         assert not _review(kube_cluster, core_api, target, "list", "configmaps", user=object_id)
         assert not _review(kube_cluster, core_api, target, "get", "secrets", user=str(uuid.uuid4()))
+        assert _review(kube_cluster, core_api, f"{target}-keys", "create", "secrets", user=object_id)
+        assert not _review(kube_cluster, core_api, f"{target}-keys", "list", "secrets", user=object_id)
     finally:
-        kubectl(kube_cluster, "delete", "namespace", target, "--wait=false", check=False)
+        for name in (target, f"{target}-keys"):
+            kubectl(kube_cluster, "delete", "namespace", name, "--wait=false", check=False)
 
 
 def test_the_entra_placeholder_is_documented():

@@ -84,7 +84,9 @@ def test_same_email_and_model_returns_the_open_request(http, core_api, app_env):
     first = post_key(http, {"llm": "gpt-4o", "email": "bob@example.com"})
     again = post_key(http, {"llm": "gpt-4o", "email": " BOB@example.com"})
     other_model = post_key(http, {"llm": "gpt-4o-mini", "email": "bob@example.com"})
-    assert first.status_code == 201 and again.status_code == 200
+    # A repeat answers exactly as a new request does: an anonymous caller cannot tell them apart.
+    assert first.status_code == again.status_code == 201
+    assert set(again.json) == set(first.json) and again.headers["Location"] == first.headers["Location"]
     assert again.json["request_id"] == first.json["request_id"]
     assert other_model.status_code == 201 and other_model.json["request_id"] != first.json["request_id"]
     assert len(secret_names(core_api, app_env, REQUESTS)) == 2
@@ -108,10 +110,10 @@ def test_twenty_identical_requests_at_once_make_one_secret(wsgi_app, app_env, co
     for thread in threads:
         thread.join()
     assert len(answers) == 20
-    assert sorted(code for code, _ in answers) == [200] * 19 + [201]
+    assert sorted(code for code, _ in answers) == [201] * 20  # one created, 19 returned: the same answer
     assert len({request_id for _, request_id in answers}) == 1
     assert len(secret_names(core_api, app_env, REQUESTS)) == 1
-    assert len(secret_names(core_api, app_env, CLAIMS)) == 1
+    assert secret_names(core_api, app_env, CLAIMS) == [], "the request's own name settles it: no claim"
 
 
 # A denial sticks for requests.deny_cooldown: tests/test_intake_abuse.py.
@@ -124,7 +126,7 @@ def test_a_finished_request_does_not_block_a_new_one(http, core_api, app_env, fi
     assert second.status_code == 201
     assert second.json["request_id"] != first
     third = post_key(http, {"llm": "gpt-4o", "email": "carol@example.com"})
-    assert third.status_code == 200 and third.json["request_id"] == second.json["request_id"]
+    assert third.status_code == 201 and third.json["request_id"] == second.json["request_id"]
     assert len(secret_names(core_api, app_env, REQUESTS)) == 2
 
 

@@ -58,9 +58,8 @@ import yaml
 from shared import context
 from shared.domain.request import KeyRequest, State, utcnow
 from shared.services import lifecycle
-from shared.store.codec import request_name
 from tests.clock import Clock
-from tests.conftest import ROOT, Mailbox, free_port
+from tests.conftest import ROOT, Mailbox, free_port, request_secret
 from tests.crash_runner import describe_write, install_clock, recorded_point
 from tests.fork_server import Child, ForkServer
 from tests.standins import Call, Reply
@@ -421,7 +420,7 @@ class Lives:
         return {row["token"] for row in self.litellm.rows_of(request)}
 
     def secret_data(self, request: KeyRequest) -> dict:
-        return self.core_api.read_namespaced_secret(request_name(request.id), self.namespace).data or {}
+        return request_secret(self.core_api, self.namespace, request.id).data or {}
 
     def in_process_tick(self) -> None:
         self.litellm.clock.offset = timedelta()

@@ -20,6 +20,7 @@ from shared.domain.request import KeyRequest, State
 from shared.services.processor import Processor, ProcessorOptions
 from shared.store.codec import request_name
 from tests.clock import Clock
+from tests.conftest import request_secret
 from tests.standins import leaks, logged_text
 from tests.standins.arm_server import ArmStandin
 from tests.standins.faults import latency
@@ -121,7 +122,7 @@ def test_both_backends_issue_once_and_revoke_cleanly(setup, litellm_standin, smt
     assert revoked.state == State.REVOKED and revoked.secrets == {}
     assert subscription_id not in service.subscriptions
     assert litellm_standin.key_by_alias(f"llm-key-request-{request.id}") is None
-    assert not core_api.read_namespaced_secret(request_name(request.id), app_env).data
+    assert not request_secret(core_api, app_env, request.id).data
 
 
 def test_a_permanent_apim_error_fails_and_leaves_no_orphaned_litellm_key(setup, litellm_standin, smtp_server):

@@ -74,6 +74,7 @@ SUBSCRIPTION = f"sub-{TEAM}"
 KEYS_SECRET = f"{TEAM}-api-key"
 RECORD_SECRET = f"llm-team-access-{TEAM}"
 WORKSPACES = ["beta-phi-3-mini-4k-instruct"]  # per_model_file's one KAITO model
+OWNER_TAG = "llm-key-requestor"  # the APIM tag that marks the product as the app's
 ANNOTATION = "llm-key-requestor/"
 LEASE_SECONDS = 2
 
@@ -224,7 +225,7 @@ def forks(tmp_path_factory):
 
 _APP_PREFIXES = ("ACS_", "APIM_", "ARM_", "SMTP_", "LITELLM_", "PROCESSOR_", "PYTEST_", "KUBERNETES_", "EMAIL_",
                  "TEAMS_CRASH_")
-_APP_NAMES = ("KUBECONFIG", "CONFIG_FILE", "CA_BUNDLE", "LOG_LEVEL", "AZURE_CLIENT_ID")
+_APP_NAMES = ("KUBECONFIG", "CONFIG_FILE", "CA_BUNDLE", "LOG_LEVEL", "AZURE_CLIENT_ID", "TEAM_KEYS_NAMESPACE")
 
 
 class TeamCase:
@@ -240,6 +241,8 @@ class TeamCase:
         self.objects = client.CustomObjectsApi(core_api.api_client)
         self.namespace = f"t-{uuid.uuid4().hex[:12]}"
         core_api.create_namespace({"metadata": {"name": self.namespace}})
+        self.keys_namespace = f"{self.namespace}-keys"  # TEAM_KEYS_NAMESPACE: the keys apart from the records
+        core_api.create_namespace({"metadata": {"name": self.keys_namespace}})
         self.service_name = f"apim-{uuid.uuid4().hex[:8]}"
         self.service: ApimService = arm.add_service(AZURE_SUBSCRIPTION, RESOURCE_GROUP, self.service_name)
         for api in API_IDS + ("other-api",):
@@ -248,6 +251,7 @@ class TeamCase:
         self.settings = {
             "KUBECONFIG": str(kube_cluster.kubeconfig),
             "KUBERNETES_NAMESPACE": self.namespace,
+            "TEAM_KEYS_NAMESPACE": self.keys_namespace,
             "CONFIG_FILE": str(config_file or ROOT / "config.yaml"),
             "APIM_SUBSCRIPTION_ID": AZURE_SUBSCRIPTION,
             "APIM_RESOURCE_GROUP": RESOURCE_GROUP,
@@ -330,18 +334,18 @@ class TeamCase:
 
     # --- what is there ------------------------------------------------------------------------------------
 
-    def secret(self, name: str):
+    def secret(self, name: str, namespace: str | None = None):
         from kubernetes.client.rest import ApiException
 
         try:
-            return self.core.read_namespaced_secret(name, self.namespace)
+            return self.core.read_namespaced_secret(name, namespace or self.namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
 
-    def secret_names(self) -> list[str]:
-        return sorted(s.metadata.name for s in self.core.list_namespaced_secret(self.namespace).items
+    def secret_names(self, namespace: str | None = None) -> list[str]:
+        return sorted(s.metadata.name for s in self.core.list_namespaced_secret(namespace or self.namespace).items
                       if s.type != "kubernetes.io/service-account-token")
 
     def recorded_steps(self) -> set[str]:
@@ -350,7 +354,7 @@ class TeamCase:
         return set(json.loads((secret.metadata.annotations or {}).get(ANNOTATION + "steps") or "{}"))
 
     def keys(self) -> dict[str, str] | None:
-        secret = self.secret(KEYS_SECRET)
+        secret = self.secret(KEYS_SECRET, self.keys_namespace)
         return None if secret is None else {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
     def subscription_keys(self) -> dict[str, str]:
@@ -540,6 +544,10 @@ LIVE_POINTS = [
     Point("settled", "settled"),
     # The stand-in applied the call, the runner died before the answer: nothing of it is recorded.
     arm("PUT product", f"/products/{PRODUCT}", lambda c: PRODUCT in c.service.products),
+    # Made but not yet tagged as the app's (apim_marks): the next run adopts it, by its description.
+    arm("PUT tag", f"/tags/{OWNER_TAG}", lambda c: OWNER_TAG in c.service.tags),
+    arm("PUT product/tag", f"/products/{PRODUCT}/tags/{OWNER_TAG}",
+        lambda c: OWNER_TAG in c.service.product_tags.get(PRODUCT, set())),
     arm("PUT product/policy", f"/products/{PRODUCT}/policies/policy", lambda c: PRODUCT in c.service.policies),
     arm("PUT product/api", f"/products/{PRODUCT}/apis/{API_IDS[0]}",
         lambda c: API_IDS[0] in c.service.product_apis.get(PRODUCT, set())),
@@ -561,7 +569,7 @@ DELETE_POINTS = [
         lambda c: API_IDS[0] not in c.service.product_apis.get(PRODUCT, set())),
     arm("DELETE product/policy", f"/products/{PRODUCT}/policies/policy", lambda c: PRODUCT not in c.service.policies),
     arm("DELETE product", f"/products/{PRODUCT}", lambda c: PRODUCT not in c.service.products),
-    Point("keys-deleted", "call", applied=lambda c: c.secret(KEYS_SECRET) is None),
+    Point("keys-deleted", "call", applied=lambda c: c.keys() is None),
     Point("workspace-deleted", "call", applied=lambda c: c.workspaces() == []),
     # The "removed" email, as above.
     Point("smtp-received", "smtp", applied=lambda c: c.mails("removed") == []),
@@ -612,6 +620,7 @@ def crash_and_recover(case: TeamCase, point: Point, timeline: Timeline) -> tuple
 def assert_one_of_each(case: TeamCase, point: Point, timeline: Timeline, recovered: Run) -> None:
     service = case.service
     assert list(service.products) == [PRODUCT], (list(service.products), recovered)
+    assert service.product_tags.get(PRODUCT) == {OWNER_TAG}, "the product is marked as the app's"
     product = service.products[PRODUCT].properties
     assert product["state"] == "published" and product["subscriptionsLimit"] == 1
     assert list(service.policies) == [PRODUCT], recovered
@@ -621,7 +630,8 @@ def assert_one_of_each(case: TeamCase, point: Point, timeline: Timeline, recover
     subscription = service.subscriptions[SUBSCRIPTION].properties
     assert subscription["scope"] == f"/products/{PRODUCT}" and subscription["state"] == "active"
     assert case.keys() == case.subscription_keys(), "the keys Secret holds the subscription's current keys"
-    assert case.secret_names() == sorted([RECORD_SECRET, KEYS_SECRET]), "no orphaned Secret"
+    assert case.secret_names() == [RECORD_SECRET], "no orphaned Secret, no key beside the record"
+    assert case.secret_names(case.keys_namespace) == [KEYS_SECRET], "no orphaned keys Secret"
     assert case.workspaces() == WORKSPACES
 
     done = case.store.get(TEAM)
@@ -646,8 +656,8 @@ def assert_nothing_left(case: TeamCase, point: Point, recovered: Run) -> None:
     service = case.service
     assert service.subscriptions == {} and service.products == {}, recovered
     assert service.policies == {} and not service.product_apis.get(PRODUCT), recovered
-    assert case.secret(KEYS_SECRET) is None and case.secret(RECORD_SECRET) is None, recovered
-    assert case.secret_names() == [], "no orphaned Secret"
+    assert case.keys() is None and case.secret(RECORD_SECRET) is None, recovered
+    assert case.secret_names() == [] and case.secret_names(case.keys_namespace) == [], "no orphaned Secret"
     assert case.workspaces() == []
     assert case.store.get(TEAM) is None
     assert len(case.mails("provisioned")) == 1  # sent once, by the in-process provisioning before
@@ -835,7 +845,8 @@ def assert_rotated(case: TeamCase, point: Point, runs: list[Run]) -> None:
     service = case.service
     assert list(service.subscriptions) == [SUBSCRIPTION], runs[-1]
     assert case.keys() == case.subscription_keys(), "the keys Secret holds the subscription's current keys"
-    assert case.secret_names() == sorted([RECORD_SECRET, KEYS_SECRET]), "no orphaned Secret"
+    assert case.secret_names() == [RECORD_SECRET], "no orphaned Secret, no key beside the record"
+    assert case.secret_names(case.keys_namespace) == [KEYS_SECRET], "no orphaned keys Secret"
     before, after = case.keys_before_rotation, case.subscription_keys()
     assert after["primary-key"] != before["primary-key"] and after["secondary-key"] != before["secondary-key"]
 

@@ -29,6 +29,13 @@ def basic() -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
+JSON = {"Content-Type": "application/json"}  # an admin change without a body still names this type
+
+
+def change() -> dict[str, str]:
+    return {**basic(), **JSON}
+
+
 YAML = {"Content-Type": "application/yaml"}
 
 
@@ -157,12 +164,12 @@ def test_put_refuses_a_file_for_another_team_and_bad_names(client):
     assert response.json["message"] == "(body): team.name: is 'alpha' but the URL names team 'beta'"
     assert client.get("/api/teams/Not_A_Team", headers=basic()).status_code == 404
     assert client.get("/api/teams/nobody", headers=basic()).status_code == 404
-    assert client.delete("/api/teams/nobody", headers=basic()).status_code == 404
+    assert client.delete("/api/teams/nobody", headers=change()).status_code == 404
 
 
 def test_delete_marks_the_team_for_removal(client):
     client.put("/api/teams/alpha", data=SEED_EXAMPLE, headers={**YAML, **basic()})
-    response = client.delete("/api/teams/alpha", headers=basic())
+    response = client.delete("/api/teams/alpha", headers=change())
     assert response.status_code == 202 and response.json["generation"] == 2
     status = client.get("/api/teams/alpha", headers=basic()).json
     assert status["deleting"] is True and status["phase"] == "deleting"
@@ -173,14 +180,14 @@ def test_delete_marks_the_team_for_removal(client):
 
 def test_rotate_needs_an_admin_a_known_team_and_a_ready_one(client):
     assert client.post("/api/teams/alpha/rotate").status_code == 401
-    missing = client.post("/api/teams/nobody/rotate", headers=basic())
+    missing = client.post("/api/teams/nobody/rotate", headers=change())
     assert missing.status_code == 404 and missing.json["message"] == "No team named nobody"
-    assert client.post("/api/teams/Not_A_Team/rotate", headers=basic()).status_code == 404
+    assert client.post("/api/teams/Not_A_Team/rotate", headers=change()).status_code == 404
     client.put("/api/teams/alpha", data=SEED_EXAMPLE, headers={**YAML, **basic()})
-    pending = client.post("/api/teams/alpha/rotate", headers={"x-functions-key": API_KEY})
+    pending = client.post("/api/teams/alpha/rotate", headers={"x-functions-key": API_KEY, **JSON})
     assert pending.status_code == 409 and pending.json["message"].startswith("Team alpha is not ready")
-    client.delete("/api/teams/alpha", headers=basic())
-    deleting = client.post("/api/teams/alpha/rotate", headers=basic())
+    client.delete("/api/teams/alpha", headers=change())
+    deleting = client.post("/api/teams/alpha/rotate", headers=change())
     assert deleting.status_code == 409 and "being deleted" in deleting.json["message"]
     assert context.team_store().get("alpha").rotating is False
 
@@ -232,7 +239,7 @@ def test_end_to_end_with_the_timer_and_status_never_shows_keys(client, arm, apim
     assert keys["primaryKey"] not in text and keys["secondaryKey"] not in text
     for answer in (put, client.post("/api/teams/validate", json={"content": per_model_file()})):
         assert keys["primaryKey"] not in answer.get_data(as_text=True)
-    secret = core_api.read_namespaced_secret("beta-api-key", app_env)
+    secret = core_api.read_namespaced_secret("beta-api-key", f"{app_env}-keys")
     assert base64.b64decode(secret.data["primary-key"]).decode() == keys["primaryKey"]
     assert "product-beta" in service.policies
 
@@ -241,11 +248,11 @@ def test_end_to_end_with_the_timer_and_status_never_shows_keys(client, arm, apim
 
     # A key rotation: recorded by the endpoint, done by the timer (the key not in use first).
     primary, secondary = keys["primaryKey"], keys["secondaryKey"]
-    rotate = client.post("/api/teams/beta/rotate", headers=basic())
+    rotate = client.post("/api/teams/beta/rotate", headers=change())
     assert rotate.status_code == 202 and rotate.json["outcome"] == "requested"
     assert rotate.json["rotation_grace"] == context.config().provisioning.rotation_grace
     assert rotate.headers["Location"] == "/api/teams/beta"
-    again = client.post("/api/teams/beta/rotate", headers=basic())
+    again = client.post("/api/teams/beta/rotate", headers=change())
     assert again.status_code == 409 and "rotation that is running" in again.json["message"]
     invoke(functions["team_timer"], TimerRequest(past_due=False))
     assert keys["primaryKey"] == primary and keys["secondaryKey"] != secondary
@@ -256,15 +263,16 @@ def test_end_to_end_with_the_timer_and_status_never_shows_keys(client, arm, apim
     assert rotation["retire_at"] is not None and status.json["key_in_use"] == "primary-key"
     for answer in (rotate, status):
         assert all(key not in answer.get_data(as_text=True) for key in (primary, secondary, keys["secondaryKey"]))
-    secret = core_api.read_namespaced_secret("beta-api-key", app_env)
+    secret = core_api.read_namespaced_secret("beta-api-key", f"{app_env}-keys")
     assert base64.b64decode(secret.data["secondary-key"]).decode() == keys["secondaryKey"]
     assert len(list((context.settings().email_outbox_dir).glob("*.eml"))) == 2
 
-    client.delete("/api/teams/beta", headers=basic())
+    client.delete("/api/teams/beta", headers=change())
     invoke(functions["team_timer"], TimerRequest(past_due=False))
     assert client.get("/api/teams/beta", headers=basic()).status_code == 404
     assert service.products == {} and service.subscriptions == {}
-    assert json.dumps(core_api.list_namespaced_secret(app_env).to_dict(), default=str).count("beta-api-key") == 0
+    for where in (app_env, f"{app_env}-keys"):
+        assert json.dumps(core_api.list_namespaced_secret(where).to_dict(), default=str).count("beta-api-key") == 0
 
 
 def test_the_team_modules_stay_off_the_cold_start_path():

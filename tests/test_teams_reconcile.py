@@ -72,7 +72,7 @@ def test_reconcile_creates_everything(harness, catalog):
     subscription = h.service.subscriptions["sub-beta"].properties
     assert subscription["state"] == "active" and subscription["scope"] == "/products/product-beta"
 
-    keys = h.secret("beta-api-key")
+    keys = h.keys("beta")
     assert decoded(keys) == {"primary-key": subscription["primaryKey"], "secondary-key": subscription["secondaryKey"]}
     assert keys.metadata.labels["app.kubernetes.io/name"] == "llm-key-requestor"
     assert keys.metadata.labels["app.kubernetes.io/component"] == "llm-team-api-key"
@@ -103,7 +103,7 @@ def test_reconcile_twice_makes_no_duplicate(harness, catalog):
     h = harness
     submit(h, catalog, SEED_EXAMPLE, "developer-requests/alpha/access.yaml")
     h.tick()
-    keys = decoded(h.secret("alpha-api-key"))
+    keys = decoded(h.keys("alpha"))
     calls = len(h.arm.calls)
     assert h.tick().due == 0, "a settled team is not swept again"
     assert len(h.arm.calls) == calls
@@ -116,18 +116,20 @@ def test_reconcile_twice_makes_no_duplicate(harness, catalog):
                                    {"metadata": {"labels": {"team-settled": None}}})
     assert h.tick().processed == 1
     assert list(h.service.products) == ["product-alpha"] and list(h.service.subscriptions) == ["sub-alpha"]
-    assert decoded(h.secret("alpha-api-key")) == keys
+    assert decoded(h.keys("alpha")) == keys
     assert h.store.get("alpha").phase == "ready"
     assert len(h.outbox.sent) == 2 and "updated" in h.outbox.sent[1].subject
     names = [s.metadata.name for s in h.core.list_namespaced_secret(h.namespace).items]
-    assert sorted(n for n in names if "alpha" in n) == ["alpha-api-key", "llm-team-access-alpha"]
+    assert sorted(n for n in names if "alpha" in n) == ["llm-team-access-alpha"]
+    keys = [s.metadata.name for s in h.core.list_namespaced_secret(h.keys_namespace).items]
+    assert keys == ["alpha-api-key"], "the keys live apart from the records, once"
 
 
 def test_changed_limits_and_models_are_reapplied(harness, catalog):
     h = harness
     submit(h, catalog, per_model_file())
     h.tick()
-    first_keys = decoded(h.secret("beta-api-key"))
+    first_keys = decoded(h.keys("beta"))
 
     changed = (per_model_file().replace("tokensPerMinute: 2000", "tokensPerMinute: 1500")
                .replace("- name: phi-3-mini\n        instanceType: Standard_NC6s_v3", "- name: mistral-7b"))
@@ -140,7 +142,7 @@ def test_changed_limits_and_models_are_reapplied(harness, catalog):
     assert "mistral-7b,mistral-7b-instruct" in limits and "phi-3-mini,phi-3-mini-4k-instruct" not in limits
     assert list(h.workspaces()) == ["beta-mistral-7b-instruct"]
     assert h.workspaces()["beta-mistral-7b-instruct"]["resource"]["instanceType"] == "Standard_NC12s_v3"
-    assert decoded(h.secret("beta-api-key")) == first_keys, "an update keeps the team's keys"
+    assert decoded(h.keys("beta")) == first_keys, "an update keeps the team's keys"
     done = h.store.get("beta")
     assert (done.generation, done.observed_generation, done.phase) == (2, 2, "ready")
     assert [e.subject.rsplit(" ", 1)[-1] for e in h.outbox.sent] == ["provisioned", "updated"]
@@ -158,7 +160,7 @@ def test_delete_removes_everything(harness, catalog):
 
     assert h.service.subscriptions == {} and h.service.products == {}
     assert h.service.policies == {} and not h.service.product_apis.get("product-beta")
-    assert h.secret("beta-api-key") is None and h.secret("llm-team-access-beta") is None
+    assert h.keys("beta") is None and h.secret("llm-team-access-beta") is None
     assert h.workspaces() == {}
     assert h.store.get("beta") is None
     assert [e.subject.rsplit(" ", 1)[-1] for e in h.outbox.sent] == ["provisioned", "removed"]
@@ -166,7 +168,8 @@ def test_delete_removes_everything(harness, catalog):
     assert any("/products/product-beta/apis/" in c.path for c in deletes)
     assert any(c.path.endswith("/products/product-beta/policies/policy") for c in deletes)
     product_delete = [c for c in deletes if c.path.endswith("/products/product-beta")]
-    assert product_delete and product_delete[0].query.get("deleteSubscriptions") == "true"
+    # The team's subscription went first; without deleteSubscriptions APIM keeps any other one.
+    assert product_delete and "deleteSubscriptions" not in product_delete[0].query
     assert h.tick().due == 0
 
 
@@ -239,17 +242,6 @@ def test_two_reconcilers_at_once_provision_once(kube_api_client, namespace, work
     assert len(first.outbox.sent) + len(second.outbox.sent) == 1
 
 
-def test_an_unlabelled_keys_secret_of_the_earlier_flow_is_taken_over(harness, catalog):
-    h = harness
-    h.core.create_namespaced_secret(h.namespace, {"metadata": {"name": "alpha-api-key"},
-                                                  "data": {"primary-key": base64.b64encode(b"old").decode()}})
-    submit(h, catalog, SEED_EXAMPLE, "developer-requests/alpha/access.yaml")
-    h.tick()
-    secret = h.secret("alpha-api-key")
-    assert decoded(secret)["primary-key"] == h.service.subscriptions["sub-alpha"].properties["primaryKey"]
-    assert secret.metadata.labels["app.kubernetes.io/component"] == "llm-team-api-key"
-
-
 def test_the_sweep_lists_only_unsettled_teams(harness, catalog):
     h = harness
     submit(h, catalog, SEED_EXAMPLE, "developer-requests/alpha/access.yaml")
@@ -269,7 +261,7 @@ def test_other_shapes_reconcile(harness, catalog, shape):
     submit(h, catalog, text, source)
     assert h.tick().outcomes == {"ready": 1}
     assert f"product-{team}" in h.service.products and f"sub-{team}" in h.service.subscriptions
-    assert h.secret(f"{team}-api-key") is not None
+    assert h.keys(team) is not None
     expected = ["gamma-llama-3-1-8b-instruct"] if shape == "catalog" else []
     assert list(h.workspaces()) == expected
 
@@ -286,7 +278,7 @@ def apim_keys(h: Harness, team: str = "beta") -> tuple[str, str]:
 
 
 def secret_keys(h: Harness, team: str = "beta") -> tuple[str, str]:
-    data = decoded(h.secret(f"{team}-api-key"))
+    data = decoded(h.keys(team))
     return data["primary-key"], data["secondary-key"]
 
 
@@ -321,7 +313,8 @@ def test_rotation_keeps_one_key_working_at_every_moment_and_alternates(harness, 
     assert teams.summary(waiting)["in_sync"] is True
     rotated = h.outbox.sent[-1]
     assert rotated.to == ("beta-lead@contoso.com",) and rotated.subject.endswith("rotated")
-    assert f"The secondary-key in the Kubernetes Secret beta-api-key in namespace {h.namespace} is new" in rotated.text
+    where = f"in the Kubernetes Secret beta-api-key in namespace {h.keys_namespace}"
+    assert f"The secondary-key {where} is new" in rotated.text
     assert "jsonpath='{.data.secondary-key}'" in rotated.text
     assert f"primary-key keeps working until {waiting.rotation_retire_at:%Y-%m-%d %H:%M} UTC" in rotated.text
     assert not leaks({primary, secondary, new_secondary}, rotated.text, rotated.html, json.dumps(
@@ -449,6 +442,6 @@ def test_deleting_a_team_during_its_rotation_removes_everything(harness, catalog
     h.tick()
     teams.request_delete(h.store, "beta", "basic:admin")
     assert h.tick().outcomes == {"deleted": 1}
-    assert h.service.subscriptions == {} and h.secret("beta-api-key") is None and h.store.get("beta") is None
+    assert h.service.subscriptions == {} and h.keys("beta") is None and h.store.get("beta") is None
     h.clock.advance(GRACE + 1)
     assert h.tick().due == 0

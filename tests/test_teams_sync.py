@@ -93,9 +93,14 @@ class LiveApp:
         body = self.objects.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
         return {item["metadata"]["name"] for item in body["items"]}
 
-    def secrets(self, selector: str) -> set[str]:
-        return {s.metadata.name for s in self.core.list_namespaced_secret(self.namespace,
+    def secrets(self, selector: str, namespace: str | None = None) -> set[str]:
+        return {s.metadata.name for s in self.core.list_namespaced_secret(namespace or self.namespace,
                                                                            label_selector=selector).items}
+
+    def team_keys(self) -> set[str]:
+        """The teams' keys Secrets, where they live (TEAM_KEYS_NAMESPACE, conftest's app_env)."""
+        assert not self.secrets("app.kubernetes.io/component=llm-team-api-key"), "no team key beside the records"
+        return self.secrets("app.kubernetes.io/component=llm-team-api-key", f"{self.namespace}-keys")
 
     def get(self, path: str, **kwargs):
         return httpx.get(self.url + path, headers={"x-functions-key": API_KEY}, timeout=10, **kwargs)
@@ -273,7 +278,7 @@ def test_a_comment_is_recorded_without_a_new_generation_and_a_failed_team_is_ret
 def test_prune_deletes_a_removed_folder_and_its_apim_and_kaito_resources(live, repo, capsys):
     assert sync(live) == 0
     live.tick()
-    assert "gamma-api-key" in live.secrets("app.kubernetes.io/component=llm-team-api-key")
+    assert "gamma-api-key" in live.team_keys()
     remove(repo, "gamma")
     capsys.readouterr()
 
@@ -295,7 +300,7 @@ def test_prune_deletes_a_removed_folder_and_its_apim_and_kaito_resources(live, r
     live.tick()
     assert "product-gamma" not in live.service.products and "sub-gamma" not in live.service.subscriptions
     assert live.workspaces() == {"beta-phi-3-mini-4k-instruct"}
-    assert live.secrets("app.kubernetes.io/component=llm-team-api-key") == {"alpha-api-key", "beta-api-key"}
+    assert live.team_keys() == {"alpha-api-key", "beta-api-key"}
     assert [t["team"] for t in live.get("/api/teams").json()["teams"]] == ["alpha", "beta"]
     live.recorder.clear()
     assert sync(live, "--prune") == 0 and live.recorder.writes() == []
@@ -495,10 +500,12 @@ def test_list_endpoint_pages_and_needs_admin(live, repo, capsys):
     assert [t["team"] for t in second["teams"]] == ["gamma"] and second["continue"] is None
     assert live.get("/api/teams", params={"limit": "0"}).status_code == 422
     assert live.get("/api/teams", params={"continue": "not-a-token"}).status_code == 422
-    dry = httpx.delete(live.url + "/api/teams/alpha?dryRun=true", headers={"x-functions-key": API_KEY}, timeout=10)
+    dry = httpx.delete(live.url + "/api/teams/alpha?dryRun=true", timeout=10,
+                       headers={"x-functions-key": API_KEY, "Content-Type": "application/json"})
     assert dry.status_code == 200 and dry.json()["plan"]["action"] == "delete"
     assert live.get("/api/teams/alpha").json()["deleting"] is False
-    assert httpx.delete(live.url + "/api/teams/nobody?dryRun=true", headers={"x-functions-key": API_KEY},
+    assert httpx.delete(live.url + "/api/teams/nobody?dryRun=true", headers={"x-functions-key": API_KEY,
+                                                                           "Content-Type": "application/json"},
                         timeout=10).status_code == 404
     bad_commit = httpx.put(live.url + "/api/teams/alpha", headers={"x-functions-key": API_KEY}, timeout=10,
                            json={"path": "developer-requests/alpha/access.yaml", "content": SEED_EXAMPLE,

@@ -155,6 +155,14 @@ class KeyRequest:
     # the mailbox's one spelling (canonical_email): duplicates, limits and blocks go by it;
     # None for a request stored before it was recorded (then the lower-cased email stands in)
     canonical_email: str | None = None
+    # someone deleted the Secret (kubectl delete): its access is revoked before it goes (the store's
+    # finalizer holds it until then); read from the stored object, never written
+    deleting: bool = False
+    # the n-th request of its mailbox and model (its id is derived from the three, keyed: see
+    # shared/store/request_ids.py); None for a request stored with a random id, before that
+    generation: int | None = None
+    # kept in the archive namespace: finished, its work done (the timer's sweeps never read it)
+    archived: bool = False
     # the store's optimistic-concurrency token; None for a request not yet stored
     resource_version: str | None = None
 

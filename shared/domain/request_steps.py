@@ -94,6 +94,12 @@ def prepared_backends(request: KeyRequest) -> list[str]:
                   if ref.endswith("-prepared") and value == "true")
 
 
+def holds_access(request: KeyRequest) -> bool:
+    """Whether anything may have been issued for this request and not yet taken back: while it
+    does, its Secret carries a finalizer, so deleting it by hand revokes that access first."""
+    return bool(prepared_backends(request))
+
+
 def may_hold(request: KeyRequest, backend: str) -> bool:
     """Whether the backend may hold access for this request (a call that never connected issued nothing)."""
     return request.references.get(reached_ref(backend), REACHED_MAYBE) != REACHED_NO
@@ -118,6 +124,8 @@ def next_step(request: KeyRequest, backends: tuple[str, ...] | None, now: dateti
 
     `backends` are the model's backends from the catalog (None: the model is no longer in it).
     """
+    if request.deleting:
+        return _deleted(request)
     state = request.state
     if state == State.ACTIVE:  # settled once delivered; its life is driven by due_at, not by settled
         due = lifecycle.next_step(request, _live_backends(request, backends), now, life)
@@ -152,6 +160,17 @@ def _provisioning(request: KeyRequest, backends: tuple[str, ...] | None) -> Next
         if not request.done(issued_step(backend)):
             return Next(ISSUE, backend)
     return Next(NOTIFY_APPROVED)
+
+
+def _deleted(request: KeyRequest) -> Next | None:
+    """A Secret deleted by hand: take back what may have been issued, whatever its state; the write
+    that records the last revoke drops the finalizer, and the apiserver removes the Secret. A revoke
+    that failed for good keeps it (Terminating, with last-error) for an operator to look at."""
+    failures = revoke_failures(request)
+    for backend in prepared_backends(request):
+        if backend not in failures:
+            return Next(REVOKE, backend) if may_hold(request, backend) else Next(FORGET, backend)
+    return None
 
 
 def _cleanup(request: KeyRequest) -> Next:

@@ -18,6 +18,7 @@ from shared.domain.request import KeyRequest, State, utcnow
 from shared.http.auth import Principal, authenticate
 from shared.http.body import read_json
 from shared.http.responses import HttpError, handles_errors, json_response
+from shared.http.writes import check_write
 from shared.services import blocks, lifecycle, review
 from shared.services.ports import InvalidArgument
 
@@ -39,6 +40,13 @@ class DenyBody(DecisionBody):
 
 def _caller(req: func.HttpRequest) -> Principal:
     return authenticate(req, context.settings())
+
+
+def _writer(req: func.HttpRequest) -> Principal:
+    """The caller of a change: authenticated, then refused if a cross-site page could have sent it."""
+    principal = _caller(req)
+    check_write(req, context.settings())
+    return principal
 
 
 def summary(request: KeyRequest) -> dict[str, Any]:
@@ -125,7 +133,7 @@ def admin_get_request(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _act(req: func.HttpRequest, action: str, schema: type[DecisionBody]) -> func.HttpResponse:
-    principal = _caller(req)
+    principal = _writer(req)
     body = read_json(req, schema, allow_empty=schema is DecisionBody)
     try:
         request = review.act(context.request_store(), req.route_params["request_id"], action,
@@ -159,7 +167,7 @@ def admin_revoke_request(req: func.HttpRequest) -> func.HttpResponse:
 
 def _lifecycle(req: func.HttpRequest, action: lifecycle.Action) -> func.HttpResponse:
     """Renew or rotate an active key for its requester, as the requester's own link does."""
-    principal = _caller(req)
+    principal = _writer(req)
     body = read_json(req, DecisionBody, allow_empty=True)
     try:
         request = lifecycle.ask(context.request_store(), req.route_params["request_id"], action,
@@ -190,7 +198,7 @@ def admin_rotate_request(req: func.HttpRequest) -> func.HttpResponse:
 @handles_errors
 def admin_clear_denial(req: func.HttpRequest) -> func.HttpResponse:
     """Let a denied mailbox and model ask again before requests.deny_cooldown runs out."""
-    principal = _caller(req)
+    principal = _writer(req)
     body = read_json(req, DecisionBody, allow_empty=True)
     try:
         request = blocks.clear_denial(context.request_store(), req.route_params["request_id"],
@@ -238,7 +246,7 @@ def admin_list_blocks(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="api/admin/blocks", methods=["PUT"], auth_level=ANONYMOUS)
 @handles_errors
 def admin_put_block(req: func.HttpRequest) -> func.HttpResponse:
-    principal = _caller(req)
+    principal = _writer(req)
     body = read_json(req, BlockBody)
     block, created = blocks.put(context.block_store(), context.config(), principal.audit_name, body.reason,
                                 address=body.address, domain=body.domain)
@@ -251,7 +259,7 @@ def admin_put_block(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="api/admin/blocks", methods=["DELETE"], auth_level=ANONYMOUS)
 @handles_errors
 def admin_delete_block(req: func.HttpRequest) -> func.HttpResponse:
-    principal = _caller(req)
+    principal = _writer(req)
     removed = blocks.remove(context.block_store(), context.config(), principal.audit_name, **_block_target(req))
     if removed is None:
         raise HttpError(404, "No such block", [{"field": "address/domain", "reason": "not blocked"}])

@@ -115,7 +115,9 @@ def _same(given: str, expected: str) -> bool:
 
 
 def _unauthorized(message: str) -> HttpError:
-    return HttpError(401, message, headers={"WWW-Authenticate": 'Basic realm="llm-key-requestor admin"'})
+    # No WWW-Authenticate: the panel has its own login form, and a Basic challenge makes a browser
+    # ask with its own dialog and then send the cached credentials with every cross-site request.
+    return HttpError(401, message)
 
 
 def authenticate(req: func.HttpRequest, settings: Settings) -> Principal:

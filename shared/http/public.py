@@ -52,11 +52,13 @@ def list_featured_models(req: func.HttpRequest) -> func.HttpResponse:
 def request_key(req: func.HttpRequest) -> func.HttpResponse:
     body = read_json(req, KeyRequestBody)
     result = intake.submit_request(context.request_store(), context.config(), body.email, body.llm)
+    # A new request and a repeated one get the same answer (status, fields, headers), as a retry
+    # gets the first call's answer: an anonymous caller cannot tell whether an address asked
+    # before. The id is the existing request's, so a repeat stays idempotent (DESIGN.md); what it
+    # shows is the status page's, never the key or the email.
     answer = {"message": result.message, "success": True, "request_id": result.request.id,
               "state": result.request.state.value}
-    if result.created:
-        return json_response(answer, 201, {"Location": f"/api/requests/{result.request.id}"})
-    return json_response(answer, 200)
+    return json_response(answer, 201, {"Location": f"/api/requests/{result.request.id}"})
 
 
 @bp.function_name("request_status")

@@ -12,8 +12,9 @@ class KeyRequestBody(BaseModel):
     """What the frontend sends to POST /api/request-key."""
 
     model_config = ConfigDict(extra="ignore")
-    llm: StrictStr = Field(min_length=1, max_length=128, description="a model id from GET /api/models")
-    email: StrictStr = Field(min_length=1, max_length=254)
+    llm: StrictStr = Field(min_length=1, max_length=128, description="a model id from GET /api/models",
+                           examples=["gpt-4o"])
+    email: StrictStr = Field(min_length=1, max_length=254, examples=["alice@example.com"])
 
 
 class KeyRequestAnswer(BaseModel):

@@ -36,6 +36,7 @@ import azure.functions as func
 from shared import context
 from shared.http.auth import authenticate
 from shared.http.responses import HttpError, handles_errors, json_response
+from shared.http.writes import JSON_ONLY, check_write
 
 if TYPE_CHECKING:
     from shared.domain.team import TeamCatalog, TeamFileError
@@ -180,6 +181,7 @@ def teams_validate(req: func.HttpRequest) -> func.HttpResponse:
 @handles_errors
 def teams_put(req: func.HttpRequest) -> func.HttpResponse:
     principal = authenticate(req, context.settings())
+    check_write(req, context.settings(), JSON_ONLY | YAML_TYPES)  # YAML is no form's type either
     name = _team_param(req)
     source, text, commit = _file_of(req)
     spec, plan = _check(source, text)
@@ -210,6 +212,7 @@ def teams_delete(req: func.HttpRequest) -> func.HttpResponse:
     from shared.services.team_plan import deletion
 
     principal = authenticate(req, context.settings())
+    check_write(req, context.settings())
     name = _team_param(req)
     store = context.team_store()
     if _flag(req, "dryRun"):
@@ -234,6 +237,7 @@ def teams_rotate(req: func.HttpRequest) -> func.HttpResponse:
     from shared.services.ports import NotFound
 
     principal = authenticate(req, context.settings())
+    check_write(req, context.settings())
     name = _team_param(req)
     teams = _teams()
     try:

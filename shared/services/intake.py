@@ -116,6 +116,8 @@ def _admit(store: RequestStore, limits: IntakeLimits, now: datetime) -> Callable
             raise _limited(f"Too many key requests from {domain} this hour; please try again after "
                            f"{later:%H:%M} UTC.", f"{domain}: at most {limits.per_domain_per_hour} requests "
                            "an hour", (later - now).total_seconds())
+        if limits.per_address_per_day is None and limits.open_per_address is None:
+            return  # nothing to count per mailbox: no counter to write
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         over = store.take_limit(f"address:{mailbox}", day.strftime("%Y-%m-%d"), limits.per_address_per_day,
                                 request_id=request.id, max_open=limits.open_per_address)

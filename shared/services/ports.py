@@ -102,6 +102,19 @@ class RequestStore(Protocol):
                  continue_token: str | None = None) -> tuple[builtins.list[KeyRequest], str | None]:
         """Active requests whose next lifecycle work falls on one of `days` (YYYY-MM-DD, UTC)."""
 
+    def list_deleted(self) -> builtins.list[KeyRequest]:
+        """Requests that may hold issued access whose Secret was deleted (kubectl delete)."""
+
+    def delete(self, request: KeyRequest) -> bool:
+        """Delete a request as read (Conflict if it changed since), and its claim; False if gone."""
+
+    def archive(self, request: KeyRequest) -> KeyRequest:
+        """Move a finished request whose work is done out of what the sweeps read."""
+
+    def delete_stale_limits(self, today: str, limit: int = 500,
+                            continue_token: str | None = None) -> tuple[int, str | None]:
+        """One page of intake counters; those of windows before `today` holding no open request go."""
+
 
 # --- provisioning and notification -----------------------------------------------------------
 

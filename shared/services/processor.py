@@ -22,7 +22,7 @@ import random
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from shared import telemetry
 from shared.config import AppConfig
@@ -30,7 +30,7 @@ from shared.domain import lifecycle, rules
 from shared.domain import request_steps as steps
 from shared.domain.request import KeyRequest, State, utcnow
 from shared.domain.request_steps import Next
-from shared.services import messages
+from shared.services import messages, request_sweep
 from shared.services.engine import Engine, EngineOptions, Step
 from shared.services.key_life import KeyLife, LinkSource, recorded
 from shared.services.ports import (
@@ -40,22 +40,13 @@ from shared.services.ports import (
     PermanentError,
     Provisioner,
     RequestStore,
+    StoreError,
     TransientError,
 )
 from shared.services.ticks import TickReport
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("shared.audit")
-
-# States whose requests always have work, and states whose work ends when they are settled.
-ALWAYS_DUE = (State.PENDING, State.APPROVED, State.REVOKING)
-DUE_UNTIL_SETTLED = (State.IN_REVIEW, State.DENIED, State.FAILED, State.EXPIRED)
-PAGE_SIZE = 500
-# Active keys are swept by the day their next lifecycle work falls on (codec.due_day), today and
-# this many days back: a timer that was down for longer still finds them (a missed reminder is
-# skipped, an expiry is not: see lifecycle.next_step).
-DUE_DAYS_BACK = 90
-
 
 @dataclasses.dataclass(frozen=True)
 class ProcessorOptions:
@@ -139,22 +130,7 @@ class Processor:
         return request.id
 
     def due(self) -> Iterator[KeyRequest]:
-        for state in ALWAYS_DUE + DUE_UNTIL_SETTLED:
-            token = None
-            while True:
-                page, token = self.store.list([state], limit=PAGE_SIZE, continue_token=token,
-                                              unsettled_only=state in DUE_UNTIL_SETTLED)
-                yield from page
-                if not token:
-                    break
-        now = self.clock()
-        days = tuple(sorted({lifecycle.due_day(now - timedelta(days=n)) for n in range(DUE_DAYS_BACK + 1)}))
-        token = None
-        while True:
-            page, token = self.store.list_due(days, limit=PAGE_SIZE, continue_token=token)
-            yield from (r for r in page if r.due_at is not None and r.due_at <= now)  # its moment has come
-            if not token:
-                break
+        return request_sweep.due(self.store, self.clock())
 
     def update(self, request: KeyRequest) -> KeyRequest:
         return self.store.update(request)
@@ -232,6 +208,15 @@ class Processor:
         return self.key_life.scheduled(failed)
 
     def finish(self, request: KeyRequest) -> str:
+        if request.deleting and not steps.holds_access(request):
+            audit.info("audit: request %s (%s, %s) was deleted by hand; its access is revoked and its "
+                       "Secret is gone", request.id, request.model, request.state.value)
+            return "deleted"
+        if request.finished and request.settled == request.state and not request.archived:
+            try:  # out of what the sweeps read; retention moves it if this fails
+                self.store.archive(request)
+            except StoreError as exc:
+                log.warning("request %s: could not move it to the archive (%s); retention will", request.id, exc)
         return request.state.value
 
     # --- deciding -----------------------------------------------------------------------------
@@ -396,4 +381,4 @@ def _without(request: KeyRequest, backend: str, now: datetime) -> KeyRequest:
         steps={k: v for k, v in request.steps.items() if not k.startswith(own)})
 
 
-__all__ = ["ALWAYS_DUE", "DUE_UNTIL_SETTLED", "Next", "Processor", "ProcessorOptions"]
+__all__ = ["Next", "Processor", "ProcessorOptions"]

@@ -45,7 +45,7 @@ _NO_ROTATION: dict[str, Any] = {"rotate_requested_at": None, "rotate_requested_b
 @dataclasses.dataclass(frozen=True)
 class TeamReconcilerOptions:
     api_ids: tuple[str, ...] = ()  # APIM_TEAM_API_IDS: the APIs every team product is linked to
-    namespace: str = "default"  # where the keys Secret and the Workspaces live (shown in emails)
+    keys_namespace: str = "default"  # TEAM_KEYS_NAMESPACE: where the keys Secret lives (shown in emails)
     gateway_url: str | None = None
     concurrency: int = 4
     time_budget_seconds: float = 60.0
@@ -174,8 +174,8 @@ class TeamReconciler:
 
     def _product(self, record: TeamRecord) -> TeamRecord:
         spec = record.spec
-        description = (f"LLM access for team {spec.name}. Owner: {spec.owner}. "
-                       f"Cost center: {spec.cost_center or '-'}. Managed by llm-key-requestor; do not edit by hand.")
+        # The adapter adds the sentence that marks it as this app's (shared/adapters/apim_marks.py).
+        description = f"LLM access for team {spec.name}. Owner: {spec.owner}. Cost center: {spec.cost_center or '-'}."
         self._apim().ensure_product(product_id(spec.name), spec.display_name, description)
         return record.with_changes(self.clock(), applied={**record.applied, "product": product_id(spec.name)})
 
@@ -200,7 +200,7 @@ class TeamReconciler:
 
     def _subscription(self, record: TeamRecord) -> TeamRecord:
         sid = subscription_id(record.name)
-        self._apim().ensure_subscription(sid, product_id(record.name), f"Team {record.name}")
+        self._apim().ensure_subscription(sid, product_id(record.name), _subscription_name(record))
         return record.with_changes(self.clock(), applied={**record.applied, "subscription": sid})
 
     def _keys(self, record: TeamRecord) -> TeamRecord:
@@ -236,7 +236,8 @@ class TeamReconciler:
 
     def _delete_subscription(self, record: TeamRecord) -> TeamRecord:
         if self.apim is not None or record.applied.get("subscription"):
-            self._apim().delete_subscription(subscription_id(record.name))
+            self._apim().delete_subscription(subscription_id(record.name), product_id(record.name),
+                                             _subscription_name(record))
         # Its keys are gone with it: a rotation in progress has nothing left to rotate.
         applied = {k: v for k, v in record.applied.items() if k not in ("subscription", "live-key")}
         return record.with_changes(self.clock(), applied=applied, **_NO_ROTATION)
@@ -287,7 +288,7 @@ class TeamReconciler:
     def _notified_rotated(self, record: TeamRecord) -> TeamRecord:
         new, old = team_steps.new_key(record), team_steps.live_key(record)
         self._send(record, "rotated", {"secret_name": keys_secret_name(record.name),
-                                       "namespace": self.options.namespace,
+                                       "namespace": self.options.keys_namespace,
                                        "new_key": f"{new}-key", "old_key": f"{old}-key",
                                        "retire_at": record.rotation_retire_at})
         return record
@@ -335,7 +336,7 @@ class TeamReconciler:
                 entry["workspace"] = next(n for n, g in spec.workspaces().items() if g.name == grant.name)
             models.append(entry)
         return {"models": models, "limits": limits_dict(spec) or {}, "secret_name": keys_secret_name(spec.name),
-                "namespace": self.options.namespace, "gateway_url": self.options.gateway_url or "",
+                "namespace": self.options.keys_namespace, "gateway_url": self.options.gateway_url or "",
                 "product": product_id(spec.name), "key_name": f"{team_steps.live_key(record)}-key"}
 
     def _send(self, record: TeamRecord, event: TeamEvent, details: Mapping[str, Any]) -> None:
@@ -348,3 +349,8 @@ class TeamReconciler:
             log.error("team %s: %s email undeliverable: %s", record.name, event, exc.message)
         else:
             log.info("team %s: %s email sent to the owner", record.name, event)
+
+
+def _subscription_name(record: TeamRecord) -> str:
+    """The subscription's display name, before the adapter marks it (as this app always named it)."""
+    return f"Team {record.name}"

@@ -19,6 +19,7 @@ from typing import Any
 
 from shared.domain.lifecycle import due_day
 from shared.domain.request import KeyRequest, State
+from shared.domain.request_steps import holds_access
 
 APP_LABEL = "app.kubernetes.io/name"
 APP_NAME = "llm-key-requestor"
@@ -28,6 +29,10 @@ CLAIM_COMPONENT = "llm-key-request-claim"
 STATE_LABEL = "request-state"
 SETTLED_LABEL = "request-settled"
 DUE_DAY_LABEL = "request-due-day"
+# On a request that may hold issued access (request_steps.holds_access), with the finalizer below:
+# `kubectl delete` then only marks it, and the timer revokes that access before the Secret goes.
+HOLDS_LABEL = "request-holds-access"
+FINALIZER = "llm-key-requestor/revoke-access"
 PREFIX = "llm-key-requestor/"
 
 REQUEST_NAME_PREFIX = "llm-key-request-"
@@ -42,6 +47,7 @@ _TIMES = {"created_at": "created-at", "updated_at": "updated-at", "decided_at": 
           "renew_requested_at": "renew-requested-at", "rotate_requested_at": "rotate-requested-at",
           "denial_cleared_at": "denial-cleared-at"}
 _INTS = {"attempts": "attempts"}
+_OPTIONAL_INTS = {"generation": "generation"}
 
 
 class InvalidRecord(ValueError):
@@ -77,6 +83,9 @@ def annotations_of(request: KeyRequest) -> dict[str, str | None]:
         out[PREFIX + key] = value.isoformat() if value else None
     for field, key in _INTS.items():
         out[PREFIX + key] = str(getattr(request, field))
+    for field, key in _OPTIONAL_INTS.items():
+        value = getattr(request, field)
+        out[PREFIX + key] = None if value is None else str(value)
     # A digest of the reason this app wrote, so one written by hand (kubectl annotate) is told apart.
     out[PREFIX + "reason-digest"] = _digest(request.reason) if request.reason else None
     out[PREFIX + "lease-holder"] = request.lease_holder
@@ -97,7 +106,14 @@ def labels_of(request: KeyRequest) -> dict[str, str]:
         # The day the timer next has work for this active key: its sweep asks for the days up to
         # today, so it never reads every active request (a label selector cannot compare times).
         labels[DUE_DAY_LABEL] = due_day(request.due_at)
+    if holds_access(request):
+        labels[HOLDS_LABEL] = "true"
     return labels
+
+
+def holders_selector() -> str:
+    """Requests that may hold issued access (the sweep looks among them for deleted ones)."""
+    return f"{APP_LABEL}={APP_NAME},{COMPONENT_LABEL}={REQUEST_COMPONENT},{HOLDS_LABEL}=true"
 
 
 def due_selector(days: tuple[str, ...]) -> str:
@@ -115,6 +131,11 @@ def to_secret(request: KeyRequest, base: dict[str, Any] | None = None) -> dict[s
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(PREFIX)}
     annotations.update({k: v for k, v in annotations_of(request).items() if v is not None})
     metadata: dict[str, Any] = {"name": request_name(request.id), "labels": labels, "annotations": annotations}
+    finalizers = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
+    if holds_access(request):
+        finalizers.append(FINALIZER)
+    if finalizers:
+        metadata["finalizers"] = finalizers
     if request.resource_version:
         metadata["resourceVersion"] = request.resource_version
     secret: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata}
@@ -123,7 +144,7 @@ def to_secret(request: KeyRequest, base: dict[str, Any] | None = None) -> dict[s
     return secret
 
 
-_OWN_LABELS = {APP_LABEL, COMPONENT_LABEL, STATE_LABEL, SETTLED_LABEL, DUE_DAY_LABEL}
+_OWN_LABELS = {APP_LABEL, COMPONENT_LABEL, STATE_LABEL, SETTLED_LABEL, DUE_DAY_LABEL, HOLDS_LABEL}
 
 
 def from_secret(secret: dict[str, Any]) -> KeyRequest:
@@ -158,6 +179,9 @@ def from_secret(secret: dict[str, Any]) -> KeyRequest:
             values[field] = datetime.fromisoformat(text) if text else None
         for field, key in _INTS.items():
             values[field] = int(notes.get(PREFIX + key) or 0)
+        for field, key in _OPTIONAL_INTS.items():
+            text = notes.get(PREFIX + key)
+            values[field] = int(text) if text else None
     except (ValueError, TypeError, AttributeError) as exc:
         raise InvalidRecord(f"{name}: unreadable annotation ({type(exc).__name__})") from None
     created = values.pop("created_at") or _parse_k8s_time(meta.get("creationTimestamp"))
@@ -170,6 +194,7 @@ def from_secret(secret: dict[str, Any]) -> KeyRequest:
         created_at=created,
         updated_at=updated,
         resource_version=meta.get("resourceVersion"),
+        deleting=bool(meta.get("deletionTimestamp")),
         **values,
     )
 

@@ -10,6 +10,7 @@ again, so a limit holds across instances. No data: a counter holds nothing secre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -67,6 +68,24 @@ class KubernetesLimitStore:
                 continue  # another instance counted first: read again
             return None
         raise StoreUnavailable("too many requests are being counted at once; try again")
+
+
+    def delete_stale(self, today: str, is_open: Callable[[str], bool], limit: int = 500,
+                     continue_token: str | None = None) -> tuple[int, str | None]:
+        """One page of counters: delete those whose window ended before `today` (YYYY-MM-DD; an
+        hour's window by its day) and that remember no request still open, each as read (a count
+        taken meanwhile wins). How many went, and the next page's token."""
+        selector = f"{codec.APP_LABEL}={codec.APP_NAME},{codec.COMPONENT_LABEL}={LIMIT_COMPONENT}"
+        secrets, token = self._secrets.list(selector, limit, continue_token)
+        deleted = 0
+        for secret in secrets:
+            meta = secret["metadata"]
+            notes = meta.get("annotations") or {}
+            if (notes.get(_WINDOW) or "")[:10] >= today or any(is_open(i) for i in _ids(notes.get(_OPEN))):
+                continue
+            with contextlib.suppress(Conflict):
+                deleted += self._secrets.delete(meta["name"], meta["resourceVersion"])
+        return deleted, token
 
 
 def _int(text: str | None) -> int:

@@ -1,48 +1,55 @@
-"""Key requests kept as Kubernetes Secrets, one per request, in one namespace.
+"""Key requests kept as Kubernetes Secrets, one per request: the unfinished ones in the request
+namespace, the finished ones in its archive namespace.
 
 Reads on the HTTP path go by name, so their cost does not grow with what is stored; only the
-timer's sweeps and the admin list use label selectors. Every update carries the object's
-resourceVersion, so two writers never both win.
+timer's sweeps and the admin list use label selectors, and the sweeps only ever list the request
+namespace. Every update carries the object's resourceVersion, so two writers never both win.
 
-Duplicates are settled by the apiserver, not by check-then-create: a small "claim" Secret whose
-name is derived from (email, model) points at the one unfinished request for that pair. Creating
-it is atomic (409 for every caller but one); a claim whose request is finished is taken over with
-a resourceVersion-guarded patch, so again exactly one caller wins.
+A new request is one apiserver write: its name is derived from the mailbox, the model and a
+generation (shared/store/request_ids.py), so the create itself settles a duplicate: one caller
+creates, every concurrent one gets 409 and reads the winner's request. A pair asks again once its
+request is finished: the next generation.
+
+Finished requests whose work is done (denied, revoked, failed, expired; settled) move to the
+archive namespace (`KUBERNETES_ARCHIVE_NAMESPACE`, default `<namespace>-archive`), so what the
+sweeps read does not grow with history (an apiserver list reads every Secret of a namespace from
+etcd, whatever its label selector). Without that namespace they stay where they are, as before.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import hashlib
+import dataclasses
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import logfields
 from shared.domain.blocks import Block, BlockKind
-from shared.domain.request import KeyRequest, State
+from shared.domain.request import FINISHED_STATES, KeyRequest, State
+from shared.domain.request_steps import holds_access
 from shared.services.ports import Conflict, NotFound, StoreError, StoreUnavailable
 from shared.store import codec
 from shared.store.blocks import KubernetesBlockStore
+from shared.store.legacy_claims import LegacyClaims
 from shared.store.limits import KubernetesLimitStore
+from shared.store.request_ids import RequestIds
 from shared.store.secrets import SecretsGateway
 
 log = logging.getLogger(__name__)
 
-CLAIM_REQUEST_ANNOTATION = codec.PREFIX + "request-id"
-CLAIM_TIME_ANNOTATION = codec.PREFIX + "claimed-at"
-# How long a claim may point at a request that does not exist yet before it counts as abandoned
-# (its writer died between writing the claim and the request). At least this, and always longer
-# than the writer's one create can take: twice the Kubernetes timeout plus 5 s (see __init__).
-CLAIM_GRACE = timedelta(seconds=10)
 HEALTH_PROBE_NAME = "llm-key-requestor-health-probe"
+ARCHIVE_SUFFIX = "-archive"
+# A continue token of the admin list that points into the archive namespace (after the request one).
+ARCHIVE_TOKEN = "archive:"
 # Request Secrets last read or written, so an update of what we just saw needs no second read.
 RECENT_MAX = 2048
+# Generations one pair may have stored (the per-day limit and retention keep it far below).
+MAX_GENERATIONS = 1000
 
 
 class InvalidRecordError(StoreError):
@@ -50,9 +57,13 @@ class InvalidRecordError(StoreError):
 
 
 class KubernetesRequestStore:
-    def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0) -> None:
+    def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0,
+                 archive_namespace: str | None = None) -> None:
         self._secrets = SecretsGateway(api_client, namespace, timeout_seconds)
-        self._claim_grace = max(CLAIM_GRACE, timedelta(seconds=2 * timeout_seconds + 5))
+        self._archive = SecretsGateway(api_client, archive_namespace or namespace + ARCHIVE_SUFFIX, timeout_seconds)
+        self._archive_missing = False  # its namespace does not exist: finished requests stay put
+        self._ids = RequestIds(self._secrets)
+        self._claims = LegacyClaims(self._secrets, lambda: self._ids.legacy)
         self._blocks = KubernetesBlockStore(self._secrets)
         self._limits = KubernetesLimitStore(self._secrets)
         self.namespace = namespace
@@ -67,8 +78,12 @@ class KubernetesRequestStore:
             log.warning("unexpected Secret %s exists; health probe ignores it", HEALTH_PROBE_NAME)
 
     def get(self, request_id: str) -> KeyRequest | None:
-        secret = self._secrets.read(codec.request_name(request_id))
-        return None if secret is None else self._decode(secret)
+        name = codec.request_name(request_id)
+        secret = self._secrets.read(name)
+        if secret is not None:
+            return self._decode(secret)
+        archived = self._read_archive(name)
+        return None if archived is None else self._decode(archived, archived=True)
 
     def find_block(self, keys: Iterable[tuple[BlockKind, str]]) -> Block | None:
         return self._blocks.find(keys)
@@ -84,59 +99,48 @@ class KubernetesRequestStore:
 
     def submit(self, request: KeyRequest, refuse: Callable[[KeyRequest], None] | None = None,
                admit: Callable[[KeyRequest], None] | None = None) -> tuple[KeyRequest, bool]:
-        claim_name = _claim_name(request.mailbox, request.model)  # two spellings of one mailbox: one claim
-        deadline = time.monotonic() + 5.0
-        wait = 0.01
-        admitted = False
-        while time.monotonic() < deadline:
-            try:  # the common case, a first request for the pair: one create settles it
-                created_claim = self._secrets.create(_claim_body(claim_name, request))
-            except Conflict:
-                pass
-            else:
-                claim_version = created_claim["metadata"]["resourceVersion"]
-                if admit is not None and not admitted:
-                    try:  # only the caller that creates counts against the limits
-                        admit(request)
-                    except BaseException:
-                        with contextlib.suppress(StoreError):
-                            self._secrets.delete(claim_name, claim_version)
-                        raise
-                    # Counting took calls of its own: stamp the claim again, so that its grace
-                    # covers just the create below; a Conflict means it was taken over meanwhile.
-                    try:
-                        claim_version = self._secrets.patch_merge(
-                            claim_name, _claim_patch(claim_version, request))["metadata"]["resourceVersion"]
-                    except (Conflict, NotFound):
-                        raise StoreUnavailable("a concurrent request for this email and model took over; "
-                                               "try again") from None
-                return self._create_request(request, claim_name, claim_version), True
-            claim = self._secrets.read(claim_name)
-            if claim is None:
-                continue  # deleted since our create failed: try again
+        """The pair's unfinished request, or a new one (its next generation) and True.
 
-            meta = claim["metadata"]
-            existing_id = (meta.get("annotations") or {}).get(CLAIM_REQUEST_ANNOTATION, "")
-            existing = self.get(existing_id) if existing_id else None
-            if existing is not None and not existing.finished:
-                return existing, False
-            if existing is not None and refuse is not None:
-                refuse(existing)  # e.g. a denial that still stands: raises, and the claim stays
-            if existing is None and not _claim_abandoned(meta, self._claim_grace):
-                time.sleep(wait)  # the claim's writer is creating its request right now
-                wait = min(wait * 2, 0.2)
+        `refuse(finished)` sees the pair's finished requests on the way and may raise (a denial that
+        still stands); `admit(new)` runs once this caller has created the request and may raise (a
+        limit): the request is deleted again, as it was written."""
+        mailbox, model = request.mailbox, request.model  # two spellings of one mailbox: one pair
+        legacy = self._legacy(mailbox, model)
+        if legacy is not None and not legacy.finished:
+            return legacy, False
+        if legacy is not None and refuse is not None:
+            refuse(legacy)
+        deadline = time.monotonic() + 5.0
+        generation = 0
+        while generation < MAX_GENERATIONS and time.monotonic() < deadline:
+            request_id = self._ids.request_id(mailbox, model, generation)
+            name = codec.request_name(request_id)
+            archived = self._read_archive(name)
+            if archived is not None:
+                if refuse is not None:
+                    refuse(self._decode(archived, archived=True))
+                generation += 1
                 continue
-            if admit is not None and not admitted:
-                admit(request)  # may raise: the claim stays as it is
-                admitted = True  # counted once, even when the takeover below loses a race
-            try:  # finished or abandoned: take the claim over, guarded by its resourceVersion
-                taken = self._secrets.patch_merge(claim_name, _claim_patch(meta["resourceVersion"], request))
-            except (Conflict, NotFound):
+            candidate = dataclasses.replace(request, id=request_id, generation=generation)
+            try:
+                created = self._create(candidate)
+            except Conflict:
+                existing = self.get(request_id)
+                if existing is None:
+                    continue  # deleted since: try the same generation again
+                if not existing.finished:
+                    return existing, False
+                if refuse is not None:
+                    refuse(existing)
+                generation += 1
                 continue
-            log.info("request %s replaces %s for the same email and model (%s)", request.id,
-                     existing_id or "an abandoned claim", existing.state if existing else "missing",
-                     extra=logfields.fields(request_id=request.id))
-            return self._create_request(request, claim_name, taken["metadata"]["resourceVersion"]), True
+            if created.created_at != candidate.created_at:
+                return created, False  # a lost answer: the one stored is a concurrent caller's
+            self._admit(created, admit)
+            if generation:
+                log.info("request %s is generation %d of its mailbox and model", created.id, generation,
+                         extra=logfields.fields(request_id=created.id))
+            return created, True
         raise StoreUnavailable("could not settle a concurrent request for this email and model; try again")
 
     def update(self, request: KeyRequest) -> KeyRequest:
@@ -149,102 +153,188 @@ class KubernetesRequestStore:
         if request.resource_version is None:
             raise ValueError("update needs a request read from the store")
         name = codec.request_name(request.id)
-        secret = self._secrets.replace_guarded(
+        gateway = self._archive if request.archived else self._secrets
+        secret = gateway.replace_guarded(
             name, lambda current: codec.to_secret(request, base=current), request.resource_version,
-            current=self._recalled(name, request.resource_version), what=f"request {request.id}")
-        return self._decode(secret)
+            current=self._recalled(name, request.resource_version, request.archived), what=f"request {request.id}")
+        return self._decode(secret, archived=request.archived)
+
+    def archive(self, request: KeyRequest) -> KeyRequest:
+        """Move a finished request whose work is done to the archive namespace (a copy there, then
+        the original deleted as it was read). A crash between the two leaves both: the original is
+        moved again by the retention sweep. Without an archive namespace, nothing moves."""
+        if request.archived or self._archive_missing or not _archivable(request):
+            return request
+        name = codec.request_name(request.id)
+        base = self._recalled(name, request.resource_version or "", False)
+        body = codec.to_secret(dataclasses.replace(request, resource_version=None), base=base)
+        body["metadata"].pop("finalizers", None)
+        try:
+            copy = self._archive.create(body)
+        except Conflict:  # copied before, and the original was not deleted then: copy again
+            copy = self._archive.replace_guarded(name, body, (self._archive.read(name) or {}).get(
+                "metadata", {}).get("resourceVersion", ""), what=f"archived request {request.id}")
+        except NotFound:
+            self._archive_missing = True
+            log.warning("the archive namespace %s does not exist: finished requests stay in %s, where the "
+                        "timer's sweeps read them (infra/kubernetes/namespace.yaml creates it)",
+                        self._archive.namespace, self.namespace)
+            return request
+        try:
+            self._secrets.delete(name, request.resource_version)
+        except Conflict:
+            log.info("request %s changed while it was archived; the retention sweep moves it again", request.id)
+        self._forget(name)
+        return self._decode(copy, archived=True)
 
     def list(self, states: Iterable[State] = (), limit: int | None = None,
              continue_token: str | None = None, unsettled_only: bool = False) -> tuple[list[KeyRequest], str | None]:
-        return self._page(codec.request_selector(tuple(states), unsettled_only), limit, continue_token)
+        """Requests in `states`, the request namespace first and then, for finished states, the
+        archive (a token starting with `archive:` continues there); `unsettled_only` requests are
+        never archived, so it reads the request namespace only."""
+        states = tuple(states)
+        selector = codec.request_selector(states, unsettled_only)
+        wants_archive = not unsettled_only and (not states or any(s in FINISHED_STATES for s in states))
+        if continue_token and continue_token.startswith(ARCHIVE_TOKEN):
+            return self._archive_page(selector, limit, continue_token.removeprefix(ARCHIVE_TOKEN) or None)
+        items, token = self._page(selector, limit, continue_token)
+        if token or not wants_archive:
+            return items, token
+        room = None if limit is None else limit - len(items)
+        if room == 0:
+            return items, ARCHIVE_TOKEN  # the archive follows on the next page
+        more, archive_token = self._archive_page(selector, room, None)
+        return items + more, archive_token
 
     def list_due(self, days: tuple[str, ...], limit: int | None = None,
                  continue_token: str | None = None) -> tuple[builtins.list[KeyRequest], str | None]:
         return self._page(codec.due_selector(days), limit, continue_token)
 
+    def delete(self, request: KeyRequest) -> bool:
+        """Delete a finished request as it was read (Conflict if it changed since), and the claim
+        that named it (the layout before). False when it was gone, or when it stays because its
+        pair has a later generation: a new request finds that one through this one (so retention
+        deletes a pair's requests newest first)."""
+        if request.resource_version is None:
+            raise ValueError("delete needs a request read from the store")
+        if request.generation is not None:
+            later = codec.request_name(self._ids.request_id(request.mailbox, request.model, request.generation + 1))
+            if self._secrets.read(later) is not None or self._read_archive(later) is not None:
+                return False
+        name = codec.request_name(request.id)
+        gone = (self._archive if request.archived else self._secrets).delete(name, request.resource_version)
+        self._claims.forget(request.mailbox, request.model, request.id)
+        self._forget(name)
+        return gone
+
+    def delete_stale_limits(self, today: str, limit: int = 500,
+                            continue_token: str | None = None) -> tuple[int, str | None]:
+        """One page of the intake counters: those of past windows that remember no open request go."""
+        def is_open(request_id: str) -> bool:
+            found = self.get(request_id)
+            return found is not None and not found.finished
+
+        return self._limits.delete_stale(today, is_open, limit, continue_token)
+
+    def list_deleted(self) -> builtins.list[KeyRequest]:
+        """Requests that may hold access and whose Secret was deleted (their finalizer holds them)."""
+        found, token = [], None
+        while True:
+            page, token = self._page(codec.holders_selector(), 500, token)
+            found += [r for r in page if r.deleting]
+            if not token:
+                return found
+
     def _page(self, selector: str, limit: int | None,
               continue_token: str | None) -> tuple[builtins.list[KeyRequest], str | None]:
         secrets, token = self._secrets.list(selector, limit, continue_token)
+        return self._decode_all(secrets, archived=False), token
+
+    def _archive_page(self, selector: str, limit: int | None,
+                      continue_token: str | None) -> tuple[builtins.list[KeyRequest], str | None]:
+        if self._archive_missing:
+            return [], None
+        secrets, token = self._archive.list(selector, limit, continue_token)
+        return self._decode_all(secrets, archived=True), (ARCHIVE_TOKEN + token) if token else None
+
+    def _decode_all(self, secrets: builtins.list[dict[str, Any]], archived: bool) -> builtins.list[KeyRequest]:
         items = []
         for secret in secrets:
             try:
-                items.append(self._decode(secret))
+                items.append(self._decode(secret, archived=archived))
             except InvalidRecordError as exc:
                 log.warning("skipping unreadable request Secret: %s", exc)
-        return items, token
+        return items
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _create_request(self, request: KeyRequest, claim_name: str, claim_version: str) -> KeyRequest:
+    def _legacy(self, mailbox: str, model: str) -> KeyRequest | None:
+        """The pair's request stored before keyed ids, that its claim names (if claims are stored)."""
+        request_id = self._claims.request_id(mailbox, model)
+        return self.get(request_id) if request_id else None
+
+    def _create(self, request: KeyRequest) -> KeyRequest:
+        """Create the request's Secret; Conflict when its name is taken. A create whose answer was
+        lost (a timeout) may have been stored all the same: it is read back before giving up."""
         name = codec.request_name(request.id)
         try:
-            secret = self._secrets.create(codec.to_secret(request))
-        except StoreError as exc:
-            if isinstance(exc, (StoreUnavailable, Conflict)):
-                # A timeout or a lost answer: the apiserver may have stored it all the same. Look
-                # before undoing the claim, so no stored request is left without its claim.
-                try:
-                    stored = self._secrets.read(name)
-                except StoreError:
-                    raise exc from None  # keep the claim: it names the request, stored or not (grace)
-                if stored is not None:
-                    log.info("request %s was stored although its create failed (%s)", request.id, exc)
-                    return self._decode(stored)
-            # Leave no claim pointing at nothing, and delete it only as we wrote it; if this fails
-            # too, the claim counts as abandoned after its grace period.
-            with contextlib.suppress(StoreError):
-                self._secrets.delete(claim_name, claim_version)
-            raise
-        log.debug("request %s stored for model %s", request.id, request.model)
-        return self._decode(secret)
+            return self._decode(self._secrets.create(codec.to_secret(request)))
+        except StoreUnavailable as exc:
+            try:
+                stored = self._secrets.read(name)
+            except StoreError:
+                raise exc from None
+            if stored is None:
+                raise
+            log.info("request %s was stored although its create failed (%s)", request.id, exc)
+            return self._decode(stored)
 
-    def _decode(self, secret: dict[str, Any]) -> KeyRequest:
+    def _admit(self, created: KeyRequest, admit: Callable[[KeyRequest], None] | None) -> None:
+        """Count the new request against the limits; over one, it is deleted again as written."""
+        if admit is None:
+            return
+        try:
+            admit(created)
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                self._secrets.delete(codec.request_name(created.id), created.resource_version)
+            raise
+
+    def _read_archive(self, name: str) -> dict[str, Any] | None:
+        return None if self._archive_missing else self._archive.read(name)
+
+    def _decode(self, secret: dict[str, Any], archived: bool = False) -> KeyRequest:
         try:
             request = codec.from_secret(secret)
         except codec.InvalidRecord as exc:
             raise InvalidRecordError(str(exc)) from None
+        if archived:
+            request = dataclasses.replace(request, archived=True)
+        key = _recent_key(secret["metadata"]["name"], archived)
         with self._recent_lock:
-            self._recent[secret["metadata"]["name"]] = secret
-            self._recent.move_to_end(secret["metadata"]["name"])
+            self._recent[key] = secret
+            self._recent.move_to_end(key)
             if len(self._recent) > RECENT_MAX:
                 self._recent.popitem(last=False)
         return request
 
-    def _recalled(self, name: str, resource_version: str) -> dict[str, Any] | None:
+    def _recalled(self, name: str, resource_version: str, archived: bool) -> dict[str, Any] | None:
         with self._recent_lock:
-            secret = self._recent.get(name)
+            secret = self._recent.get(_recent_key(name, archived))
         if secret is not None and secret["metadata"].get("resourceVersion") == resource_version:
             return secret
         return None
 
-
-def _claim_name(email: str, model: str) -> str:
-    digest = hashlib.sha256(f"{email}\n{model}".encode()).hexdigest()[:40]
-    return codec.CLAIM_NAME_PREFIX + digest
-
-
-def _claim_body(name: str, request: KeyRequest) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {
-            "name": name,
-            "labels": {codec.APP_LABEL: codec.APP_NAME, codec.COMPONENT_LABEL: codec.CLAIM_COMPONENT},
-            "annotations": {CLAIM_REQUEST_ANNOTATION: request.id,
-                            CLAIM_TIME_ANNOTATION: datetime.now(UTC).isoformat()},
-        },
-    }
+    def _forget(self, name: str) -> None:
+        with self._recent_lock:
+            self._recent.pop(_recent_key(name, False), None)
 
 
-def _claim_patch(resource_version: str, request: KeyRequest) -> dict[str, Any]:
-    return {"metadata": {"resourceVersion": resource_version,
-                         "annotations": {CLAIM_REQUEST_ANNOTATION: request.id,
-                                         CLAIM_TIME_ANNOTATION: datetime.now(UTC).isoformat()}}}
+def _recent_key(name: str, archived: bool) -> str:
+    return ("archive/" if archived else "") + name
 
 
-def _claim_abandoned(meta: dict[str, Any], grace: timedelta = CLAIM_GRACE) -> bool:
-    stamp = (meta.get("annotations") or {}).get(CLAIM_TIME_ANNOTATION)
-    try:
-        claimed = datetime.fromisoformat(stamp) if stamp else None
-    except ValueError:
-        claimed = None
-    return claimed is None or datetime.now(UTC) - claimed > grace
+def _archivable(request: KeyRequest) -> bool:
+    """Finished, its work done, holding nothing: the timer has nothing more to do with it."""
+    return (request.finished and request.settled == request.state and not holds_access(request)
+            and not request.deleting)

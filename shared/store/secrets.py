@@ -9,7 +9,8 @@ Error mapping (every method):
 - 404 -> NotFound (except `read`, which answers None, and `delete`, which answers False);
 - 409 -> Conflict (a create of an existing name, or a write of an outdated resourceVersion);
 - 400, 410, 422 -> InvalidArgument (the apiserver refused the body or the continue token);
-- 429 and 5xx, a timeout, a refused or dropped connection, no token -> StoreUnavailable (retried);
+- 429 and 5xx, a timeout, a refused or dropped connection, no token, a 403 of a full
+  ResourceQuota -> StoreUnavailable (retried);
 - anything else (401, 403, ...) -> StoreError: a configuration problem, not an outage.
 """
 
@@ -92,7 +93,11 @@ class SecretsGateway:
 
     def list(self, label_selector: str, limit: int | None = None,
              continue_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of the Secrets matching `label_selector`, and the token of the next (None: last)."""
+        """One page of the Secrets matching `label_selector`, and the token of the next (None: last).
+
+        Read from etcd, not the watch cache (resourceVersion=0): an etcd list reads the Secrets of
+        this namespace only, the watch cache of kube-apiserver 1.20 filters those of the whole
+        cluster (bench/tick.py --idle prints both)."""
         kwargs: dict[str, Any] = {"label_selector": label_selector}
         if limit:
             kwargs["limit"] = limit
@@ -117,6 +122,10 @@ class SecretsGateway:
                 raise Conflict(f"{verb}: {reason}") from None
             if exc.status in (400, 410, 422):
                 raise InvalidArgument(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
+            if exc.status == 403 and "exceeded quota" in reason:
+                # The namespace's ResourceQuota (count/secrets) is full: new requests wait for the
+                # retention sweep or an operator, everything else goes on. Not a bug: a 503.
+                raise StoreUnavailable(f"Kubernetes API {verb}: the namespace's quota is full ({reason})") from None
             if exc.status == 429 or exc.status >= 500:
                 raise StoreUnavailable(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
             raise StoreError(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None

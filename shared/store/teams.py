@@ -13,7 +13,8 @@ The one place that knows how a team looks in Kubernetes:
   teams; `kubectl label secret llm-team-access-<team> team-settled-` makes the timer re-apply
   everything for that team (e.g. after someone changed its APIM product by hand).
 - the team's keys: Secret `{team}-api-key` with `primary-key` and `secondary-key`, labelled
-  `app.kubernetes.io/component=llm-team-api-key` and `llm-key-requestor/team=<team>`.
+  `app.kubernetes.io/component=llm-team-api-key` and `llm-key-requestor/team=<team>`, in a
+  namespace of its own (shared/store/team_keys.py).
 
 Reads on the HTTP path go by name; only the timer's sweep lists, by label selector. Every write of
 a record carries its resourceVersion, so two writers never both win (409 -> Conflict).
@@ -21,29 +22,25 @@ a record carries its resourceVersion, so two writers never both win (409 -> Conf
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from datetime import datetime
 from typing import Any, cast
 
 from shared.domain.request import utcnow
-from shared.domain.team import Phase, TeamRecord, TeamSpec, keys_secret_name, record_name
-from shared.services.ports import Conflict, StoreError, StoreUnavailable
+from shared.domain.team import Phase, TeamRecord, TeamSpec, record_name
+from shared.services.ports import StoreError
 from shared.store import codec
 from shared.store.secrets import SecretsGateway
+from shared.store.team_keys import TeamKeys
 
 log = logging.getLogger(__name__)
 
 TEAM_COMPONENT = "llm-team-access"
-KEYS_COMPONENT = "llm-team-api-key"
 PHASE_LABEL = "team-phase"
 SETTLED_LABEL = "team-settled"
 TEAM_LABEL = codec.PREFIX + "team"
 PREFIX = codec.PREFIX
-
-PRIMARY_KEY = "primary-key"
-SECONDARY_KEY = "secondary-key"
 
 _TIMES = {"created_at": "created-at", "updated_at": "updated-at", "submitted_at": "submitted-at",
           "provisioned_at": "provisioned-at", "next_attempt_at": "next-attempt-at", "lease_until": "lease-until",
@@ -143,9 +140,15 @@ def from_secret(secret: dict[str, Any]) -> TeamRecord:
 
 
 class KubernetesTeamStore:
-    def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0) -> None:
+    """Team records in `namespace`; the keys Secrets in `keys_namespace` (TEAM_KEYS_NAMESPACE; the
+    records' namespace when not given)."""
+
+    def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0,
+                 keys_namespace: str | None = None) -> None:
         self._secrets = SecretsGateway(api_client, namespace, timeout_seconds)
         self.namespace = namespace
+        keys = SecretsGateway(api_client, keys_namespace, timeout_seconds) if keys_namespace else self._secrets
+        self.keys = TeamKeys(keys, legacy=self._secrets)
 
     # --- records ---------------------------------------------------------------------------------
 
@@ -202,62 +205,13 @@ class KubernetesTeamStore:
             if not token:
                 return records
 
-    # --- the team's key Secret ----------------------------------------------------------------------
+    # --- the team's key Secret (team_keys.py: its own namespace, never another's Secret) -------------
 
     def write_keys(self, team: str, primary: str, secondary: str) -> None:
-        """Create or replace `{team}-api-key`. One that exists without our labels (the earlier
-        GitOps flow's) is taken over: its keys are replaced by the subscription's."""
-        name = keys_secret_name(team)
-        data = {PRIMARY_KEY: _b64(primary), SECONDARY_KEY: _b64(secondary)}
-        labels = {codec.APP_LABEL: codec.APP_NAME, codec.COMPONENT_LABEL: KEYS_COMPONENT, TEAM_LABEL: team}
-        current = self._secrets.read(name)
-        if current is None:
-            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                    "metadata": {"name": name, "labels": labels,
-                                 "annotations": {PREFIX + "team": team, PREFIX + "updated-at": utcnow().isoformat()}},
-                    "data": data}
-            try:
-                self._secrets.create(body)
-                return
-            except Conflict:
-                current = self._secrets.read(name)
-                if current is None:
-                    raise StoreUnavailable(f"Secret {name} appeared and vanished; try again") from None
-        meta = current["metadata"]
-        if not _ours(meta, KEYS_COMPONENT):
-            log.warning("Secret %s existed without this app's labels; taking it over for team %s", name, team)
-        if (current.get("data") or {}) == data and _ours(meta, KEYS_COMPONENT):
-            return
-        meta["labels"] = {**(meta.get("labels") or {}), **labels}
-        meta["annotations"] = {**(meta.get("annotations") or {}), PREFIX + "team": team,
-                               PREFIX + "updated-at": utcnow().isoformat()}
-        current["data"] = data
-        current["type"] = current.get("type") or "Opaque"
-        self._secrets.replace(name, current)  # guarded by the resourceVersion it was read with
+        self.keys.write(team, primary, secondary)
 
     def delete_keys(self, team: str) -> bool:
-        """Delete `{team}-api-key` if this app owns it; True if it was there."""
-        name = keys_secret_name(team)
-        current = self._secrets.read(name)
-        if current is None:
-            return False
-        if not _ours(current["metadata"], KEYS_COMPONENT):
-            log.warning("Secret %s is not labelled as this app's; left in place", name)
-            return False
-        return self._secrets.delete(name, current["metadata"]["resourceVersion"])
+        return self.keys.delete(team)
 
     def keys_present(self, team: str) -> bool:
-        """Whether `{team}-api-key` holds both keys (their values are never returned)."""
-        current = self._secrets.read(keys_secret_name(team))
-        data = (current or {}).get("data") or {}
-        return bool(data.get(PRIMARY_KEY) and data.get(SECONDARY_KEY))
-
-
-def _ours(meta: dict[str, Any], component: str) -> bool:
-    labels = meta.get("labels") or {}
-    return labels.get(codec.APP_LABEL) == codec.APP_NAME and labels.get(codec.COMPONENT_LABEL) == component
-
-
-def _b64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
-
+        return self.keys.present(team)

@@ -209,6 +209,8 @@ class AppClient:
         problem = ""
         for attempt in range(self.retries + 1):
             headers = self.auth.headers() if self.auth is not None and authenticate else {}
+            if json_body is None and method not in ("GET", "HEAD"):
+                headers = {**headers, "Content-Type": "application/json"}  # the app refuses other writes
             self.calls.append((method, path))
             try:
                 response = self._http.request(method, url, params=params, json=json_body, headers=headers)

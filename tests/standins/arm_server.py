@@ -3,9 +3,9 @@
 APIM has no emulator, so the real `azure-mgmt-apimanagement` client talks to this over HTTPS
 (a trustme CA: the SDK refuses a bearer token over plain http) with a bearer token required.
 It keeps subscriptions (PUT/GET/PATCH/DELETE, POST listSecrets, regeneratePrimaryKey and
-regenerateSecondaryKey), products (PUT/GET/DELETE),
-product policies and product-API links in plain dicts the tests inspect, answers with ARM
-resource shapes (id, name, type, properties) and ARM error bodies, and honours If-Match.
+regenerateSecondaryKey; here), products, product policies, product-API links and tags
+(arm_products.py) in plain dicts the tests inspect, answers with ARM resource shapes (id, name,
+type, properties) and ARM error bodies, and honours If-Match (arm_common.py).
 Behaviour taken from REAL-COMPONENTS.md and APIM's documented errors: a subscription is created
 `submitted` unless `state` says otherwise, a GET never returns keys, expiry is set by PATCH, and a
 product with subscriptions is not deleted without `deleteSubscriptions=true`. Stricter than ARM
@@ -14,23 +14,21 @@ on purpose: an unknown property in a body is a 400, so a misspelt field fails th
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import secrets
 import ssl
 import tempfile
-import uuid
-import xml.etree.ElementTree as ElementTree
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import trustme
 
 from tests.standins import Call, Reply, StandinServer
+from tests.standins.arm_common import API_VERSION, PROVIDER, ApimService, Entity, arm_error, new_etag, now_text
+from tests.standins.arm_products import ProductRoutes
 
-API_VERSION = "2024-05-01"
-PROVIDER = "Microsoft.ApiManagement/service"
+__all__ = ["API_VERSION", "ApimService", "ArmStandin", "Entity", "arm_error"]
 
 _SERVICE_PATH = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ApiManagement"
@@ -43,51 +41,23 @@ _ROUTES = [  # (kind, pattern of the path below the service)
     ("product/policy", re.compile(r"^/products/(?P<pid>[^/]+)/policies/(?P<policy>[^/]+)$")),
     ("product/apis", re.compile(r"^/products/(?P<pid>[^/]+)/apis$")),
     ("product/api", re.compile(r"^/products/(?P<pid>[^/]+)/apis/(?P<api>[^/]+)$")),
+    ("product/subscriptions", re.compile(r"^/products/(?P<pid>[^/]+)/subscriptions$")),
+    ("product/tags", re.compile(r"^/products/(?P<pid>[^/]+)/tags$")),
+    ("product/tag", re.compile(r"^/products/(?P<pid>[^/]+)/tags/(?P<tag>[^/]+)$")),
     ("product", re.compile(r"^/products/(?P<pid>[^/]+)$")),
+    ("tag", re.compile(r"^/tags/(?P<tag>[^/]+)$")),
 ]
 _SUBSCRIPTION_PROPERTIES = {"ownerId", "scope", "displayName", "primaryKey", "secondaryKey", "state",
                             "allowTracing"}
 _SUBSCRIPTION_PATCH_PROPERTIES = {"ownerId", "scope", "expirationDate", "displayName", "primaryKey",
                                   "secondaryKey", "state", "stateComment", "allowTracing"}
 _SUBSCRIPTION_STATES = {"suspended", "active", "expired", "submitted", "rejected", "cancelled"}
-_PRODUCT_PROPERTIES = {"displayName", "description", "terms", "subscriptionRequired", "approvalRequired",
-                       "subscriptionsLimit", "state"}
-_POLICY_FORMATS = {"xml", "xml-link", "rawxml", "rawxml-link"}
 
 
-def arm_error(status: int, code: str, message: str, details: list[dict[str, str]] | None = None) -> Reply:
-    return Reply(status, {"error": {"code": code, "message": message, "details": details}})
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _etag() -> str:
-    return f'"{uuid.uuid4().hex}"'
-
-
-@dataclasses.dataclass
-class Entity:
-    properties: dict[str, Any]
-    etag: str = dataclasses.field(default_factory=_etag)
-
-
-@dataclasses.dataclass
-class ApimService:
-    """One APIM instance's state. Subscription entities keep their keys in `properties`."""
-
-    subscriptions: dict[str, Entity] = dataclasses.field(default_factory=dict)
-    products: dict[str, Entity] = dataclasses.field(default_factory=dict)
-    policies: dict[str, Entity] = dataclasses.field(default_factory=dict)  # product id -> its policy
-    apis: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # API id -> properties
-    product_apis: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # product id -> API ids
-
-
-class ArmStandin(StandinServer):
+class ArmStandin(ProductRoutes, StandinServer):
     """Fault keys: "<METHOD> <kind>", kind one of subscription, subscription/listSecrets,
     subscription/regeneratePrimaryKey, subscription/regenerateSecondaryKey, product, product/policy,
-    product/apis, product/api; or "*" for any call."""
+    product/apis, product/api, product/subscriptions, product/tags, product/tag, tag; or "*" for any call."""
 
     def __init__(self, token: str = "arm-token-" + secrets.token_urlsafe(12)) -> None:
         self._ca = trustme.CA()
@@ -157,42 +127,6 @@ class ArmStandin(StandinServer):
             handler = getattr(self, "_" + kind.replace("/", "_"))
             return handler(call, service, ids)
 
-    # --- resource shapes -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _base_id(ids: dict[str, str]) -> str:
-        return (f"/subscriptions/{ids['sub']}/resourceGroups/{ids['rg']}/providers/"
-                f"{PROVIDER}/{ids['svc']}")
-
-    def _resource(self, ids: dict[str, str], path: str, kind: str, properties: dict[str, Any]) -> dict[str, Any]:
-        """An ARM resource at `{service id}/{path}` of type `Microsoft.ApiManagement/service/{kind}`."""
-        return {"id": f"{self._base_id(ids)}/{path}", "type": f"{PROVIDER}/{kind}", "name": path.rsplit("/", 1)[-1],
-                "properties": properties}
-
-    @staticmethod
-    def _precondition(call: Call, entity: Entity | None, required: bool) -> Reply | None:
-        if_match = call.headers.get("if-match")
-        if if_match is None:
-            if required:
-                return arm_error(400, "ValidationError", "If-Match header is required.")
-            return None
-        if entity is None or (if_match != "*" and if_match != entity.etag):
-            return arm_error(412, "PreconditionFailed", "The entity's ETag does not match the If-Match header.")
-        return None
-
-    @staticmethod
-    def _properties(call: Call, allowed: set[str]) -> tuple[dict[str, Any], Reply | None]:
-        body = call.body
-        if not isinstance(body, dict) or not isinstance(body.get("properties", {}), dict):
-            return {}, arm_error(400, "ValidationError", "The request body must be a JSON object with 'properties'.")
-        properties = body.get("properties") or {}
-        unknown = sorted(set(properties) - allowed)
-        if unknown:
-            return {}, arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
-                                 [{"code": "ValidationError", "target": name,
-                                   "message": f"Unknown property '{name}'"} for name in unknown])
-        return properties, None
-
     # --- subscriptions -----------------------------------------------------------------------------------
 
     def _subscription_view(self, ids: dict[str, str], sid: str, entity: Entity) -> dict[str, Any]:
@@ -235,7 +169,7 @@ class ArmStandin(StandinServer):
                                  [{"code": "ValidationError", "target": "expirationDate",
                                    "message": "expirationDate must be an ISO 8601 date and time."}])
             entity.properties.update(changes)
-            entity.etag = _etag()
+            entity.etag = new_etag()
             return Reply(200, self._subscription_view(ids, sid, entity), {"ETag": entity.etag})
         if call.method == "PUT":
             return self._put_subscription(call, service, ids, sid, entity)
@@ -267,7 +201,7 @@ class ArmStandin(StandinServer):
         state = properties.get("state") or "submitted"
         if state not in _SUBSCRIPTION_STATES:
             return arm_error(400, "ValidationError", f"Invalid subscription state '{state}'.")
-        now = _now()
+        now = now_text()
         stored = {**(entity.properties if entity else {}), **properties, "scope": short_scope, "state": state}
         stored.setdefault("createdDate", now)
         stored.setdefault("primaryKey", secrets.token_hex(16))
@@ -277,7 +211,7 @@ class ArmStandin(StandinServer):
             stored.setdefault("startDate", now)
         created = entity is None
         entity = entity or Entity({})
-        entity.properties, entity.etag = stored, _etag()
+        entity.properties, entity.etag = stored, new_etag()
         service.subscriptions[sid] = entity
         return Reply(201 if created else 200, self._subscription_view(ids, sid, entity), {"ETag": entity.etag})
 
@@ -301,7 +235,7 @@ class ArmStandin(StandinServer):
         key = secrets.token_hex(16)
         self.issued_keys.add(key)
         entity.properties[name] = key
-        entity.etag = _etag()
+        entity.etag = new_etag()
         return Reply(204)
 
     def _subscription_regeneratePrimaryKey(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
@@ -310,121 +244,6 @@ class ArmStandin(StandinServer):
     def _subscription_regenerateSecondaryKey(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
         return self._regenerate(call, service, ids, "secondaryKey")
 
-    # --- products, their policy and their APIs -------------------------------------------------------
-
-    def _product(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
-        pid = ids["pid"]
-        entity = service.products.get(pid)
-        if call.method == "GET":
-            if entity is None:
-                return arm_error(404, "ResourceNotFound", "Product not found.")
-            return Reply(200, self._resource(ids, f"products/{pid}", "products", entity.properties),
-                         {"ETag": entity.etag})
-        if call.method == "PUT":
-            refused = self._precondition(call, entity, required=False)
-            if refused:
-                return refused
-            properties, refused = self._properties(call, _PRODUCT_PROPERTIES)
-            if refused:
-                return refused
-            if not isinstance(properties.get("displayName"), str) or not properties["displayName"]:
-                return arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
-                                 [{"code": "ValidationError", "target": "displayName",
-                                   "message": "Display name is required."}])
-            if properties.get("state", "notPublished") not in ("notPublished", "published"):
-                return arm_error(400, "ValidationError", f"Invalid product state '{properties['state']}'.")
-            created = entity is None
-            entity = Entity({"state": "notPublished", **properties})
-            service.products[pid] = entity
-            return Reply(201 if created else 200, self._resource(ids, f"products/{pid}", "products", entity.properties),
-                         {"ETag": entity.etag})
-        if call.method == "DELETE":
-            if entity is None:
-                return Reply(204)
-            refused = self._precondition(call, entity, required=True)
-            if refused:
-                return refused
-            subscribed = [sid for sid, s in service.subscriptions.items()
-                          if s.properties["scope"] == f"/products/{pid}"]
-            if subscribed and call.query.get("deleteSubscriptions", "").lower() != "true":
-                return arm_error(400, "ValidationError", "Product cannot be deleted since it has existing "
-                                 "subscriptions. Delete subscriptions before deleting the product or pass in "
-                                 "deleteSubscriptions=true as query param")
-            for sid in subscribed:
-                del service.subscriptions[sid]
-            del service.products[pid]
-            service.policies.pop(pid, None)
-            service.product_apis.pop(pid, None)
-            return Reply(200)
-        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
-
-    def _product_policy(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
-        pid, name = ids["pid"], ids["policy"]
-        if pid not in service.products:
-            return arm_error(404, "ResourceNotFound", "Product not found.")
-        if name != "policy":
-            return arm_error(400, "ValidationError", "The only policy id is 'policy'.")
-        entity = service.policies.get(pid)
-        path = f"products/{pid}/policies/{name}"
-        if call.method == "GET":
-            if entity is None:
-                return arm_error(404, "ResourceNotFound", "Policy not found.")
-            return Reply(200, self._resource(ids, path, "products/policies", entity.properties), {"ETag": entity.etag})
-        if call.method == "PUT":
-            refused = self._precondition(call, entity, required=False)
-            if refused:
-                return refused
-            properties, refused = self._properties(call, {"value", "format"})
-            if refused:
-                return refused
-            value, fmt = properties.get("value"), properties.get("format", "xml")
-            problem = _policy_problem(value, fmt)
-            if problem:
-                return arm_error(400, "ValidationError", problem)
-            created = entity is None
-            entity = Entity({"format": fmt, "value": value})
-            service.policies[pid] = entity
-            return Reply(201 if created else 200, self._resource(ids, path, "products/policies", entity.properties),
-                         {"ETag": entity.etag})
-        if call.method == "DELETE":
-            if entity is None:
-                return Reply(204)
-            refused = self._precondition(call, entity, required=True)
-            if refused:
-                return refused
-            del service.policies[pid]
-            return Reply(200)
-        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
-
-    def _product_apis(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
-        pid = ids["pid"]
-        if pid not in service.products:
-            return arm_error(404, "ResourceNotFound", "Product not found.")
-        if call.method != "GET":
-            return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
-        linked = sorted(service.product_apis.get(pid, set()))
-        return Reply(200, {"value": [self._resource(ids, f"apis/{a}", "apis", service.apis[a]) for a in linked],
-                           "count": len(linked), "nextLink": None})
-
-    def _product_api(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
-        pid, api = ids["pid"], ids["api"]
-        if pid not in service.products:
-            return arm_error(404, "ResourceNotFound", "Product not found.")
-        linked = service.product_apis.setdefault(pid, set())
-        if call.method in ("GET", "HEAD"):
-            return Reply(204) if api in linked else arm_error(404, "ResourceNotFound", "API not found in product.")
-        if call.method == "PUT":
-            if api not in service.apis:
-                return arm_error(404, "ResourceNotFound", "API not found.")
-            created = api not in linked
-            linked.add(api)
-            return Reply(201 if created else 200, self._resource(ids, f"apis/{api}", "apis", service.apis[api]))
-        if call.method == "DELETE":
-            if api not in linked:
-                return Reply(204)
-            linked.discard(api)
-            return Reply(200)
-        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
 
 
 def _is_datetime(value: Any) -> bool:
@@ -435,24 +254,3 @@ def _is_datetime(value: Any) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _policy_problem(value: Any, fmt: str) -> str | None:
-    """Why APIM would refuse this policy document, or None."""
-    if fmt not in _POLICY_FORMATS:
-        return f"Invalid policy format '{fmt}'."
-    if not isinstance(value, str) or not value.strip():
-        return "Policy value is required."
-    if fmt.endswith("-link"):
-        return None if value.startswith("https://") else "A policy link must be an https URL."
-    if fmt == "xml":
-        try:
-            root = ElementTree.fromstring(value)
-        except ElementTree.ParseError as exc:
-            return f"Policy is not well-formed XML: {exc}"
-        return None if root.tag == "policies" else "The root element of a policy must be <policies>."
-    # rawxml: not XML-escaped (it may hold @(...) expressions with '<'), so only its frame is checked.
-    text = value.strip()
-    if not (text.startswith("<policies") and text.endswith("</policies>")):
-        return "The root element of a policy must be <policies>."
-    return None

@@ -1,0 +1,245 @@
+"""The ARM stand-in's product routes: products, their policy, their API links and their tags.
+
+Tags as APIM keeps them: a tag is an entity of the service (`/tags/{tagId}`, PUT/GET/DELETE),
+assigned to a product by a link (`/products/{productId}/tags/{tagId}`, PUT/GET/HEAD/DELETE; the
+product's list at `/products/{productId}/tags`). A product PUT leaves its links alone; deleting the
+product removes them, deleting the tag removes every link to it.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ElementTree
+from typing import Any
+
+from tests.standins import Call, Reply
+from tests.standins.arm_common import ApimService, ArmRoutes, Entity, arm_error
+
+_PRODUCT_PROPERTIES = {"displayName", "description", "terms", "subscriptionRequired", "approvalRequired",
+                       "subscriptionsLimit", "state"}
+_POLICY_FORMATS = {"xml", "xml-link", "rawxml", "rawxml-link"}
+
+
+class ProductRoutes(ArmRoutes):
+    def _product(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        pid = ids["pid"]
+        entity = service.products.get(pid)
+        if call.method == "GET":
+            if entity is None:
+                return arm_error(404, "ResourceNotFound", "Product not found.")
+            return Reply(200, self._resource(ids, f"products/{pid}", "products", entity.properties),
+                         {"ETag": entity.etag})
+        if call.method == "PUT":
+            refused = self._precondition(call, entity, required=False)
+            if refused:
+                return refused
+            properties, refused = self._properties(call, _PRODUCT_PROPERTIES)
+            if refused:
+                return refused
+            if not isinstance(properties.get("displayName"), str) or not properties["displayName"]:
+                return arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
+                                 [{"code": "ValidationError", "target": "displayName",
+                                   "message": "Display name is required."}])
+            if properties.get("state", "notPublished") not in ("notPublished", "published"):
+                return arm_error(400, "ValidationError", f"Invalid product state '{properties['state']}'.")
+            created = entity is None
+            entity = Entity({"state": "notPublished", **properties})
+            service.products[pid] = entity
+            return Reply(201 if created else 200, self._resource(ids, f"products/{pid}", "products", entity.properties),
+                         {"ETag": entity.etag})
+        if call.method == "DELETE":
+            if entity is None:
+                return Reply(204)
+            refused = self._precondition(call, entity, required=True)
+            if refused:
+                return refused
+            subscribed = [sid for sid, s in service.subscriptions.items()
+                          if s.properties["scope"] == f"/products/{pid}"]
+            if subscribed and call.query.get("deleteSubscriptions", "").lower() != "true":
+                return arm_error(400, "ValidationError", "Product cannot be deleted since it has existing "
+                                 "subscriptions. Delete subscriptions before deleting the product or pass in "
+                                 "deleteSubscriptions=true as query param")
+            for sid in subscribed:
+                del service.subscriptions[sid]
+            del service.products[pid]
+            service.policies.pop(pid, None)
+            service.product_apis.pop(pid, None)
+            service.product_tags.pop(pid, None)
+            return Reply(200)
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+    def _product_policy(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        pid, name = ids["pid"], ids["policy"]
+        if pid not in service.products:
+            return arm_error(404, "ResourceNotFound", "Product not found.")
+        if name != "policy":
+            return arm_error(400, "ValidationError", "The only policy id is 'policy'.")
+        entity = service.policies.get(pid)
+        path = f"products/{pid}/policies/{name}"
+        if call.method == "GET":
+            if entity is None:
+                return arm_error(404, "ResourceNotFound", "Policy not found.")
+            return Reply(200, self._resource(ids, path, "products/policies", entity.properties), {"ETag": entity.etag})
+        if call.method == "PUT":
+            refused = self._precondition(call, entity, required=False)
+            if refused:
+                return refused
+            properties, refused = self._properties(call, {"value", "format"})
+            if refused:
+                return refused
+            value, fmt = properties.get("value"), properties.get("format", "xml")
+            problem = _policy_problem(value, fmt)
+            if problem:
+                return arm_error(400, "ValidationError", problem)
+            created = entity is None
+            entity = Entity({"format": fmt, "value": value})
+            service.policies[pid] = entity
+            return Reply(201 if created else 200, self._resource(ids, path, "products/policies", entity.properties),
+                         {"ETag": entity.etag})
+        if call.method == "DELETE":
+            if entity is None:
+                return Reply(204)
+            refused = self._precondition(call, entity, required=True)
+            if refused:
+                return refused
+            del service.policies[pid]
+            return Reply(200)
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+    def _product_apis(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        pid = ids["pid"]
+        if pid not in service.products:
+            return arm_error(404, "ResourceNotFound", "Product not found.")
+        if call.method != "GET":
+            return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+        linked = sorted(service.product_apis.get(pid, set()))
+        return Reply(200, {"value": [self._resource(ids, f"apis/{a}", "apis", service.apis[a]) for a in linked],
+                           "count": len(linked), "nextLink": None})
+
+    def _product_api(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        pid, api = ids["pid"], ids["api"]
+        if pid not in service.products:
+            return arm_error(404, "ResourceNotFound", "Product not found.")
+        linked = service.product_apis.setdefault(pid, set())
+        if call.method in ("GET", "HEAD"):
+            return Reply(204) if api in linked else arm_error(404, "ResourceNotFound", "API not found in product.")
+        if call.method == "PUT":
+            if api not in service.apis:
+                return arm_error(404, "ResourceNotFound", "API not found.")
+            created = api not in linked
+            linked.add(api)
+            return Reply(201 if created else 200, self._resource(ids, f"apis/{api}", "apis", service.apis[api]))
+        if call.method == "DELETE":
+            if api not in linked:
+                return Reply(204)
+            linked.discard(api)
+            return Reply(200)
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+    def _product_subscriptions(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        """ProductSubscriptions - List: the subscriptions scoped to the product (a GET, so no keys)."""
+        pid = ids["pid"]
+        if pid not in service.products:
+            return arm_error(404, "ResourceNotFound", "Product not found.")
+        if call.method != "GET":
+            return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+        subscribed = sorted(sid for sid, entity in service.subscriptions.items()
+                            if entity.properties.get("scope") == f"/products/{pid}")
+        view = self._subscription_view  # arm_server.ArmStandin's: the shape of a subscription GET
+        return Reply(200, {"value": [view(ids, sid, service.subscriptions[sid]) for sid in subscribed],
+                           "count": len(subscribed), "nextLink": None})
+
+    # --- tags ------------------------------------------------------------------------------------------
+
+    def _tag(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        tag = ids["tag"]
+        entity = service.tags.get(tag)
+        if call.method == "GET":
+            if entity is None:
+                return arm_error(404, "ResourceNotFound", "Tag not found.")
+            return Reply(200, self._resource(ids, f"tags/{tag}", "tags", entity.properties), {"ETag": entity.etag})
+        if call.method == "PUT":
+            refused = self._precondition(call, entity, required=False)
+            if refused:
+                return refused
+            properties, refused = self._properties(call, {"displayName"})
+            if refused:
+                return refused
+            name = properties.get("displayName")
+            if not isinstance(name, str) or not 1 <= len(name) <= 160:
+                return arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
+                                 [{"code": "ValidationError", "target": "displayName",
+                                   "message": "Display name is required and must be 1 to 160 characters long."}])
+            created = entity is None
+            entity = Entity({"displayName": name})
+            service.tags[tag] = entity
+            return Reply(201 if created else 200, self._resource(ids, f"tags/{tag}", "tags", entity.properties),
+                         {"ETag": entity.etag})
+        if call.method == "DELETE":
+            if entity is None:
+                return Reply(204)
+            refused = self._precondition(call, entity, required=True)
+            if refused:
+                return refused
+            del service.tags[tag]
+            for linked in service.product_tags.values():
+                linked.discard(tag)
+            return Reply(200)
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+    def _product_tags(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        pid = ids["pid"]
+        if pid not in service.products:
+            return arm_error(404, "ResourceNotFound", "Product not found.")
+        if call.method != "GET":
+            return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+        linked = sorted(service.product_tags.get(pid, set()))
+        return Reply(200, {"value": [self._resource(ids, f"products/{pid}/tags/{t}", "products/tags",
+                                                    service.tags[t].properties) for t in linked],
+                           "count": len(linked), "nextLink": None})
+
+    def _product_tag(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
+        pid, tag = ids["pid"], ids["tag"]
+        if pid not in service.products:
+            return arm_error(404, "ResourceNotFound", "Product not found.")
+        linked = service.product_tags.setdefault(pid, set())
+        path = f"products/{pid}/tags/{tag}"
+        if call.method in ("GET", "HEAD"):
+            if tag not in linked:
+                return arm_error(404, "ResourceNotFound", "Tag not found.")
+            entity = service.tags[tag]
+            body = None if call.method == "HEAD" else self._resource(ids, path, "products/tags", entity.properties)
+            return Reply(200, body, {"ETag": entity.etag})
+        if call.method == "PUT":
+            if tag not in service.tags:
+                return arm_error(404, "ResourceNotFound", "Tag not found.")
+            created = tag not in linked
+            linked.add(tag)
+            return Reply(201 if created else 200,
+                         self._resource(ids, path, "products/tags", service.tags[tag].properties))
+        if call.method == "DELETE":
+            if tag not in linked:
+                return Reply(204)
+            linked.discard(tag)
+            return Reply(200)
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+
+def _policy_problem(value: Any, fmt: str) -> str | None:
+    """Why APIM would refuse this policy document, or None."""
+    if fmt not in _POLICY_FORMATS:
+        return f"Invalid policy format '{fmt}'."
+    if not isinstance(value, str) or not value.strip():
+        return "Policy value is required."
+    if fmt.endswith("-link"):
+        return None if value.startswith("https://") else "A policy link must be an https URL."
+    if fmt == "xml":
+        try:
+            root = ElementTree.fromstring(value)
+        except ElementTree.ParseError as exc:
+            return f"Policy is not well-formed XML: {exc}"
+        return None if root.tag == "policies" else "The root element of a policy must be <policies>."
+    # rawxml: not XML-escaped (it may hold @(...) expressions with '<'), so only its frame is checked.
+    text = value.strip()
+    if not (text.startswith("<policies") and text.endswith("</policies>")):
+        return "The root element of a policy must be <policies>."
+    return None
