@@ -325,7 +325,13 @@ def run(api, env: dict, work: Path, mailbox: Mailbox, litellm, concurrency: int,
     run_id = uuid.uuid4().hex[:6]
     namespace = f"bench-tick-c{concurrency}-{run_id}"
     api.create_namespace({"metadata": {"name": namespace}})
-    stored_seconds = seed_requests(api, namespace, stored, f"done-{run_id}", model=MODEL) if stored else 0.0
+    # The finished ones where the app keeps them: its archive namespace (a tree without the archive
+    # never reads it, so for such a tree they are stored beside the due ones, where it kept them).
+    archived = (tree / "shared" / "store" / "request_ids.py").is_file()
+    if archived:
+        api.create_namespace({"metadata": {"name": f"{namespace}-archive"}})
+    stored_seconds = seed_requests(api, namespace, stored, f"done-{run_id}", model=MODEL,
+                                   archive=f"{namespace}-archive" if archived else None) if stored else 0.0
     seeded = seed(api, namespace, count, f"c{concurrency}-{run_id}")
     litellm.reset()
     mailbox.clear()
