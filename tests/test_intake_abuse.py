@@ -621,3 +621,27 @@ def test_a_username_has_a_budget_across_addresses_and_wrong_api_keys_count(http,
     assert right_key.status_code == 429  # the address used up its budget
     assert http.post("/api/admin/verify", headers={"x-functions-key": "ak-" + "k" * 40},
                      environ_base={"REMOTE_ADDR": "192.0.2.51"}).status_code == 200
+
+
+def test_a_block_made_elsewhere_applies_once_this_instance_looks_again(admin, core_api, app_env, monkeypatch):
+    """Block lookups are remembered for blocks.CACHE_SECONDS per process: a block another instance
+    (or kubectl) writes applies here once that has passed; one made through this instance at once."""
+    from datetime import UTC, datetime
+
+    from shared.store import blocks
+
+    assert post_key(admin, {"llm": "gpt-4o", "email": "early@example.com"}).status_code == 201
+    # Another instance blocks example.com: written straight into the cluster, as it would.
+    body = blocks._encode(blocks.block_name("domain", "example.com"), blocks.Block(
+        kind="domain", value="example.com", reason="elsewhere", blocked_by="other-instance",
+        blocked_at=datetime.now(UTC)))
+    core_api.create_namespaced_secret(app_env, body)
+    assert post_key(admin, {"llm": "gpt-4o", "email": "soon@example.com"}).status_code == 201, \
+        "remembered: not looked up again within CACHE_SECONDS"
+    monkeypatch.setattr(blocks, "CACHE_SECONDS", 0.0)  # ... and once they have passed
+    assert post_key(admin, {"llm": "gpt-4o", "email": "later@example.com"}).status_code == 403
+    # A removal through the admin API applies here at once.
+    monkeypatch.setattr(blocks, "CACHE_SECONDS", 3600.0)
+    gone = admin.delete("/api/admin/blocks?domain=example.com", headers=admin_headers())
+    assert gone.status_code == 200, gone.json
+    assert post_key(admin, {"llm": "gpt-4o", "email": "after@example.com"}).status_code == 201

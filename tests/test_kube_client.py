@@ -88,3 +88,29 @@ def test_with_entra_all_three_use_one_token(built, kube_cluster, monkeypatch):
 
     assert len(made) == 1 and made[0]["auth"] == "entra"
     assert len(credential.calls) == 1
+
+
+def test_a_kubeconfig_token_without_an_expiry_is_not_reapplied_before_every_call(kube_cluster, tmp_path):
+    """The client's loader re-applies the whole kubeconfig before each call (a scan of the
+    environment for proxies each time); with a token that never expires the app drops that hook,
+    and with one that expires (an exec plugin's) keeps it, so the token is still renewed."""
+    import yaml
+    from kubernetes.client import CoreV1Api
+
+    from shared.store.kube import api_client
+
+    client = api_client(str(kube_cluster.kubeconfig))
+    assert client.configuration.refresh_api_key_hook is None
+    assert CoreV1Api(client).list_namespace(limit=1).items, "the token still goes with every call"
+
+    expiring = yaml.safe_load(kube_cluster.kubeconfig.read_text())
+    token = expiring["users"][0]["user"].pop("token")
+    expiring["users"][0]["user"]["exec"] = {
+        "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "sh", "args": ["-c", (
+            "printf '{\"apiVersion\":\"client.authentication.k8s.io/v1beta1\",\"kind\":\"ExecCredential\","
+            f"\"status\":{{\"token\":\"{token}\",\"expirationTimestamp\":\"2099-01-01T00:00:00Z\"}}}}'")]}
+    path = tmp_path / "kubeconfig-exec"
+    path.write_text(yaml.safe_dump(expiring))
+    renewing = api_client(str(path))
+    assert renewing.configuration.refresh_api_key_hook is not None
+    assert CoreV1Api(renewing).list_namespace(limit=1).items

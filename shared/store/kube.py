@@ -139,7 +139,7 @@ def api_client(kubeconfig: str | None = None, *, auth: str = "kubeconfig", serve
         config.load_incluster_config(client_configuration=configuration)
         source = "in-cluster service account"
     else:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        _load_kubeconfig(configuration, kubeconfig)
         source = f"kubeconfig {kubeconfig or '~/.kube/config'}"
     configuration.connection_pool_maxsize = POOL_SIZE
     # urllib3's default retries resend a timed-out PUT up to three times, so one write could take
@@ -150,6 +150,22 @@ def api_client(kubeconfig: str | None = None, *, auth: str = "kubeconfig", serve
     configuration.retries = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0)
     log.info("Kubernetes API %s via %s", configuration.host, source)
     return client.ApiClient(configuration)
+
+
+def _load_kubeconfig(configuration: Any, path: str | None) -> None:
+    """The kubeconfig's server, CA and credentials into `configuration`.
+
+    The client's loader installs a hook that applies the whole kubeconfig again before every call
+    (setting `host` scans the environment for proxy settings each time: a quarter of the CPU of a
+    POST /api/request-key, bench/intake.py). Its only use is to reload a token that expires (an
+    exec plugin's): for a token without an expiry, or a client certificate, the hook goes."""
+    from kubernetes.config import kube_config
+
+    loader = kube_config._get_kube_config_loader(filename=path or kube_config.KUBE_CONFIG_DEFAULT_LOCATION,
+                                                 persist_config=False)
+    loader.load_and_set(configuration)
+    if "expiry" not in loader.__dict__:
+        configuration.refresh_api_key_hook = None
 
 
 def _blank_to_none(value: str | None) -> str | None:
