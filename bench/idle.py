@@ -78,6 +78,19 @@ def diagnostic(api, namespace: str, selectors: list[str], repeat: int) -> dict[s
     return out
 
 
+def table(say, figures: dict[int, dict], levels: list[int], label: str) -> None:
+    """One row per level (each mode's time, calls and items), then each mode's ratio high / low."""
+    for level in levels:
+        row = "  ".join(f"{mode}: {t * 1000:8.1f} ms ({n} calls, {items} items)"
+                        for mode, (t, items, n) in figures[level].items())
+        say(f"  stored={level:>6}  {row}")
+    low, high = levels[0], levels[-1]
+    if high != low:
+        for mode in figures[low]:
+            ratio = figures[high][mode][0] / max(figures[low][mode][0], 1e-9)
+            say(f"  ratio stored={high} / stored={low}, {label}{mode}: {ratio:.2f}")
+
+
 def main(args) -> None:
     levels = sorted({int(x) for x in args.levels.split(",")})
     command = "bench/tick.py " + shlex.join(sys.argv[1:])
@@ -143,23 +156,9 @@ def main(args) -> None:
         say(f"  selectors ({len(selectors)} distinct, {results[high]['list_calls']:g} list calls a tick):")
         for selector in selectors:
             say(f"    {selector if len(selector) < 200 else selector[:160] + f' ... ({len(selector)} chars)'}")
-        for level in levels:
-            row = "  ".join(f"{mode}: {t * 1000:8.1f} ms ({n} calls, {items} items)"
-                            for mode, (t, items, n) in diags[level].items())
-            say(f"  stored={level:>6}  {row}")
-        if high != low:
-            for mode in diags[low]:
-                ratio = diags[high][mode][0] / max(diags[low][mode][0], 1e-9)
-                say(f"  ratio stored={high} / stored={low}, {mode}: {ratio:.2f}")
+        table(say, diags, levels, "")
         say("  the same lists in an empty namespace of the same cluster (the finished requests stored in the other):")
-        for level in levels:
-            row = "  ".join(f"{mode}: {t * 1000:8.1f} ms ({n} calls, {items} items)"
-                            for mode, (t, items, n) in beside[level].items())
-            say(f"  stored={level:>6}  {row}")
-        if high != low:
-            for mode in beside[low]:
-                ratio = beside[high][mode][0] / max(beside[low][mode][0], 1e-9)
-                say(f"  ratio stored={high} / stored={low}, empty namespace, {mode}: {ratio:.2f}")
+        table(say, beside, levels, "empty namespace, ")
         if args.diagnostic_out:
             Path(args.diagnostic_out).write_text("\n".join(lines) + "\n")
             print(f"(written to {args.diagnostic_out})")

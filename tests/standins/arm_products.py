@@ -9,6 +9,7 @@ product removes them, deleting the tag removes every link to it.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from typing import Any
 
 from tests.standins import Call, Reply
@@ -137,16 +138,12 @@ class ProductRoutes(ArmRoutes):
 
     def _product_subscriptions(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
         """ProductSubscriptions - List: the subscriptions scoped to the product (a GET, so no keys)."""
-        pid = ids["pid"]
-        if pid not in service.products:
-            return arm_error(404, "ResourceNotFound", "Product not found.")
-        if call.method != "GET":
-            return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
-        subscribed = sorted(sid for sid, entity in service.subscriptions.items()
-                            if entity.properties.get("scope") == f"/products/{pid}")
-        view = self._subscription_view  # arm_server.ArmStandin's: the shape of a subscription GET
-        return Reply(200, {"value": [view(ids, sid, service.subscriptions[sid]) for sid in subscribed],
-                           "count": len(subscribed), "nextLink": None})
+        def subscribed(pid: str) -> list[dict]:
+            view = self._subscription_view  # arm_server.ArmStandin's: the shape of a subscription GET
+            return [view(ids, sid, entity) for sid, entity in sorted(service.subscriptions.items())
+                    if entity.properties.get("scope") == f"/products/{pid}"]
+
+        return _product_collection(call, service, ids["pid"], subscribed)
 
     # --- tags ------------------------------------------------------------------------------------------
 
@@ -187,15 +184,11 @@ class ProductRoutes(ArmRoutes):
         return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
 
     def _product_tags(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
-        pid = ids["pid"]
-        if pid not in service.products:
-            return arm_error(404, "ResourceNotFound", "Product not found.")
-        if call.method != "GET":
-            return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
-        linked = sorted(service.product_tags.get(pid, set()))
-        return Reply(200, {"value": [self._resource(ids, f"products/{pid}/tags/{t}", "products/tags",
-                                                    service.tags[t].properties) for t in linked],
-                           "count": len(linked), "nextLink": None})
+        def linked(pid: str) -> list[dict]:
+            return [self._resource(ids, f"products/{pid}/tags/{t}", "products/tags", service.tags[t].properties)
+                    for t in sorted(service.product_tags.get(pid, set()))]
+
+        return _product_collection(call, service, ids["pid"], linked)
 
     def _product_tag(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
         pid, tag = ids["pid"], ids["tag"]
@@ -243,3 +236,13 @@ def _policy_problem(value: Any, fmt: str) -> str | None:
     if not (text.startswith("<policies") and text.endswith("</policies>")):
         return "The root element of a policy must be <policies>."
     return None
+
+
+def _product_collection(call: Call, service: ApimService, pid: str, items: Callable[[str], list[dict]]) -> Reply:
+    """A product's collection (its subscriptions, its tags): GET only, one page of all of them."""
+    if pid not in service.products:
+        return arm_error(404, "ResourceNotFound", "Product not found.")
+    if call.method != "GET":
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+    value = items(pid)
+    return Reply(200, {"value": value, "count": len(value), "nextLink": None})
