@@ -114,29 +114,45 @@ def worker_runs(runs: int) -> None:
           f"(goal: <= {WORKER_GOAL_SECONDS * 1000:.0f} ms: {'MET' if median <= WORKER_GOAL_SECONDS else 'MISSED'})")
 
 
+def import_runs(tree: Path) -> dict:
+    """One fresh interpreter importing `tree`'s function_app: its seconds, peak RSS, heavy modules."""
+    # The shipped config.yaml issues LiteLLM keys, so the app refuses to start without a master key.
+    env = {"LITELLM_API_KEY": "sk-cold-start-unused", **os.environ}
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=tree, env=env, capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(name: str, runs: list[dict]) -> float:
+    seconds = statistics.median(r["seconds"] for r in runs)
+    rss = statistics.median(r["rss_mb"] for r in runs)
+    print(f"{name}import function_app: median {seconds * 1000:.0f} ms over {len(runs)} runs "
+          f"(min {min(r['seconds'] for r in runs) * 1000:.0f}, max {max(r['seconds'] for r in runs) * 1000:.0f}); "
+          f"peak RSS {rss:.0f} MB; {runs[0]['functions']} functions")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--skip-worker", action="store_true", help="only the import timing (no cluster)")
+    parser.add_argument("--compare-with", type=Path, metavar="TREE",
+                        help="another checkout (git worktree add): the imports of both alternate, and the ratio")
     args = parser.parse_args()
     print(f"$ .venv/bin/python bench/cold_start.py {shlex.join(sys.argv[1:])}", flush=True)
-    runs = []
+    trees = [ROOT] + ([args.compare_with.resolve()] if args.compare_with else [])
+    runs: dict[Path, list[dict]] = {tree: [] for tree in trees}
     for _ in range(args.runs):
-        # The shipped config.yaml issues LiteLLM keys, so the app refuses to start without a master key.
-        env = {"LITELLM_API_KEY": "sk-cold-start-unused", **os.environ}
-        out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                             check=True)
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    seconds = statistics.median(r["seconds"] for r in runs)
-    rss = statistics.median(r["rss_mb"] for r in runs)
-    print(f"import function_app: median {seconds * 1000:.0f} ms over {args.runs} runs "
-          f"(min {min(r['seconds'] for r in runs) * 1000:.0f}, max {max(r['seconds'] for r in runs) * 1000:.0f}); "
-          f"peak RSS {rss:.0f} MB; {runs[0]['functions']} functions")
-    print(f"heavy SDK modules loaded: {', '.join(runs[0]['heavy']) or 'none'}  (goal: <= 300 ms: "
+        for tree in trees:  # alternating, so both see the same machine
+            runs[tree].append(import_runs(tree))
+    seconds = report("[this] " if args.compare_with else "", runs[ROOT])
+    print(f"heavy SDK modules loaded: {', '.join(runs[ROOT][0]['heavy']) or 'none'}  (goal: <= 300 ms: "
           f"{'MET' if seconds <= 0.3 else 'MISSED'}; none)", flush=True)
+    if args.compare_with:
+        other = report(f"[{args.compare_with}] ", runs[trees[1]])
+        print(f"ratio this/other = {seconds / other:.3f}", flush=True)
     if not args.skip_worker:
         worker_runs(args.runs)
-
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ Protocol, one JSON line each way: {"argv", "env", "out", "err"} in; {"pid"} out 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
@@ -25,6 +26,23 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass
+class Run:
+    """What one crash-runner process did: its exit status (-9 when SIGKILLed) and output, one JSON
+    line per tick report on stdout."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ticks(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+
+    def __str__(self) -> str:
+        return f"runner exited {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
 def serve(main: Callable[[list[str]], int], preload: Iterable[str],

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import signal
@@ -61,7 +60,7 @@ from shared.services import lifecycle
 from tests.clock import Clock
 from tests.conftest import ROOT, Mailbox, free_port, request_secret
 from tests.crash_runner import describe_write, install_clock, recorded_point
-from tests.fork_server import Child, ForkServer
+from tests.fork_server import Child, ForkServer, Run
 from tests.standins import Call, Reply
 from tests.standins.litellm_server import LiteLLMStandin
 
@@ -253,20 +252,6 @@ def crash_smtp():
 
 
 # --- runs, forked ------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ticks(self) -> list[dict]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
-
-    def __str__(self) -> str:
-        return f"runner exited {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import signal
@@ -41,6 +40,7 @@ from shared import context
 from shared.domain.request import KeyRequest, State
 from shared.store.codec import request_name
 from tests.conftest import ROOT, Mailbox, free_port
+from tests.fork_server import Run
 from tests.standins import Call, Reply
 from tests.standins.faults import latency
 from tests.standins.litellm_server import LiteLLMStandin
@@ -173,20 +173,6 @@ def crash_smtp():
 
 
 # --- the harness -------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ticks(self) -> list[dict]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
-
-    def __str__(self) -> str:
-        return f"runner exited {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
 class Crashing:

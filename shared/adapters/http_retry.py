@@ -35,10 +35,12 @@ class Retryable(Exception):
         self.error = error
 
 
-def parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None,
+                      now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent or bad."""
     if not value:
         return None
+    value = value.strip()
     try:
         return max(0.0, float(value))
     except ValueError:
@@ -49,7 +51,7 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, (when - now()).total_seconds())
 
 
 def with_retries(attempt: Callable[[], T], what: str, *, retries: int = QUICK_RETRIES,

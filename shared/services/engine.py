@@ -118,6 +118,11 @@ class EngineOptions:
     holder: str = dataclasses.field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
+    @classmethod
+    def of(cls, options: object) -> EngineOptions:
+        """The engine's share of a flow's options: each field of this class, by name."""
+        return cls(**{field.name: getattr(options, field.name) for field in dataclasses.fields(cls)})
+
 
 def retry_delay(attempts: int, base: float, cap: float, retry_after: float | None,
                 draw: Callable[[float, float], float]) -> float:

@@ -63,10 +63,7 @@ class ProcessorOptions:
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
     def engine(self) -> EngineOptions:
-        return EngineOptions(concurrency=self.concurrency, time_budget_seconds=self.time_budget_seconds,
-                             lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
-                             max_steps=self.max_steps, backoff_base_seconds=self.backoff_base_seconds,
-                             backoff_max_seconds=self.backoff_max_seconds, holder=self.holder)
+        return EngineOptions.of(self)
 
 
 StepFunction = Callable[[KeyRequest, str], KeyRequest]
@@ -212,8 +209,8 @@ class Processor:
             audit.info("audit: request %s (%s, %s) was deleted by hand; its access is revoked and its "
                        "Secret is gone", request.id, request.model, request.state.value)
             return "deleted"
-        if request.finished and request.settled == request.state and not request.archived:
-            try:  # out of what the sweeps read; retention moves it if this fails
+        if request.finished and not request.archived:
+            try:  # out of what the sweeps read, once its work is done; retention moves it if this fails
                 self.store.archive(request)
             except StoreError as exc:
                 log.warning("request %s: could not move it to the archive (%s); retention will", request.id, exc)

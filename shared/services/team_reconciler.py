@@ -60,10 +60,7 @@ class TeamReconcilerOptions:
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
     def engine(self) -> EngineOptions:
-        return EngineOptions(concurrency=self.concurrency, time_budget_seconds=self.time_budget_seconds,
-                             lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
-                             max_steps=self.max_steps, backoff_base_seconds=self.backoff_base_seconds,
-                             backoff_max_seconds=self.backoff_max_seconds, holder=self.holder)
+        return EngineOptions.of(self)
 
 
 class TeamReconciler:

@@ -90,12 +90,8 @@ class KubernetesRequestStore:
 
     def take_limit(self, scope: str, window: str, per_window: int | None, *, request_id: str | None = None,
                    max_open: int | None = None) -> str | None:
-        def is_open(request_id: str) -> bool:
-            found = self.get(request_id)
-            return found is not None and not found.finished
-
         return self._limits.take(scope, window, per_window, request_id=request_id, max_open=max_open,
-                                 is_open=is_open)
+                                 is_open=self._is_open)
 
     def submit(self, request: KeyRequest, refuse: Callable[[KeyRequest], None] | None = None,
                admit: Callable[[KeyRequest], None] | None = None) -> tuple[KeyRequest, bool]:
@@ -172,8 +168,7 @@ class KubernetesRequestStore:
         try:
             copy = self._archive.create(body)
         except Conflict:  # copied before, and the original was not deleted then: copy again
-            copy = self._archive.replace_guarded(name, body, (self._archive.read(name) or {}).get(
-                "metadata", {}).get("resourceVersion", ""), what=f"archived request {request.id}")
+            copy = self._archive.replace(name, body)
         except NotFound:
             self._archive_missing = True
             log.warning("the archive namespace %s does not exist: finished requests stay in %s, where the "
@@ -230,11 +225,7 @@ class KubernetesRequestStore:
     def delete_stale_limits(self, today: str, limit: int = 500,
                             continue_token: str | None = None) -> tuple[int, str | None]:
         """One page of the intake counters: those of past windows that remember no open request go."""
-        def is_open(request_id: str) -> bool:
-            found = self.get(request_id)
-            return found is not None and not found.finished
-
-        return self._limits.delete_stale(today, is_open, limit, continue_token)
+        return self._limits.delete_stale(today, self._is_open, limit, continue_token)
 
     def list_deleted(self) -> builtins.list[KeyRequest]:
         """Requests that may hold access and whose Secret was deleted (their finalizer holds them)."""
@@ -267,6 +258,10 @@ class KubernetesRequestStore:
         return items
 
     # --- helpers ----------------------------------------------------------------------------
+
+    def _is_open(self, request_id: str) -> bool:
+        found = self.get(request_id)
+        return found is not None and not found.finished
 
     def _legacy(self, mailbox: str, model: str) -> KeyRequest | None:
         """The pair's request stored before keyed ids, that its claim names (if claims are stored)."""

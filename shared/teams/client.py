@@ -15,14 +15,15 @@ Errors say what went wrong and where: `Unreachable` (no answer, or only 429/5xx 
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import httpx
+
+# Retry-After as the app's adapters read it (seconds, or an HTTP date).
+from shared.adapters.http_retry import parse_retry_after as retry_after_seconds
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = "llm-key-requestor-teams-cli"
@@ -114,24 +115,6 @@ class EntraToken:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise Refused(f"could not get an Entra ID token for {self.scope}: {first[:300]}") from None
         return token.token, float(token.expires_on)
-
-
-def retry_after_seconds(value: str | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> float | None:
-    """`Retry-After` in seconds: a number of seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now()).total_seconds())
 
 
 class AppClient:

@@ -26,11 +26,12 @@ app cannot be reached (it answers nothing, or 429/5xx after every try).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared.domain.team import Issue
-from shared.teams.client import AppClient, ClientError, Failed, Refused, Unreachable
+from shared.teams.client import Answer, AppClient, ClientError, Failed, Refused, Unreachable
 from shared.teams.files import TeamFile
 
 OK, INVALID, UNUSABLE = 0, 1, 2
@@ -253,20 +254,29 @@ def _check_remotely(report: Report, client: AppClient) -> bool:
     return not report.errors
 
 
+def _send(row: Row, call: Callable[[], Answer]) -> Answer | None:
+    """One PUT or DELETE for `row`, recorded on it; None when the app refused it (the row says why).
+    No answer at all stops the run (raised)."""
+    try:
+        answer = call()
+    except Failed as exc:
+        row.sent, row.ok, row.status, row.result = True, False, exc.status, f"error: {exc.message}"
+        return None
+    except (Unreachable, Refused):
+        row.sent, row.ok, row.result = True, False, "error: no answer"
+        raise
+    row.sent, row.status = True, answer.status
+    return answer
+
+
 def _apply(report: Report, client: AppClient) -> None:
     """PUT every file to send, then, if all were accepted, DELETE the pruned teams."""
     for row in report.rows:
         if row.action in ("create", "update", "retry") and row.file is not None:
-            try:
-                answer = client.put_team(row.team, row.file.source, row.file.text, report.commit)
-            except Failed as exc:
-                row.sent, row.ok, row.status, row.result = True, False, exc.status, f"error: {exc.message}"
-                continue
-            except (Unreachable, Refused):
-                row.sent, row.ok, row.result = True, False, "error: no answer"
-                raise
-            row.sent, row.status = True, answer.status
-            row.result = _put_result(answer.status, answer.body if isinstance(answer.body, dict) else {})
+            answer = _send(row, functools.partial(client.put_team, row.team, row.file.source, row.file.text,
+                                                  report.commit))
+            if answer is not None:
+                row.result = _put_result(answer.status, answer.body if isinstance(answer.body, dict) else {})
     failed = [row.team for row in report.rows if not row.ok]
     for row in report.rows:
         if row.action != "delete":
@@ -274,17 +284,10 @@ def _apply(report: Report, client: AppClient) -> None:
         if failed:
             row.result, row.ok = f"not sent: the update of {', '.join(failed)} failed", False
             continue
-        try:
-            answer = client.delete_team(row.team)
-        except Failed as exc:
-            row.sent, row.ok, row.status, row.result = True, False, exc.status, f"error: {exc.message}"
-            continue
-        except (Unreachable, Refused):
-            row.sent, row.ok, row.result = True, False, "error: no answer"
-            raise
-        row.sent, row.status = True, answer.status
-        row.result = "gone already (404)" if answer.status == 404 else \
-            f"deletion accepted ({answer.status}); the timer removes its resources"
+        answer = _send(row, functools.partial(client.delete_team, row.team))
+        if answer is not None:
+            row.result = "gone already (404)" if answer.status == 404 else \
+                f"deletion accepted ({answer.status}); the timer removes its resources"
     if any(not row.ok for row in report.rows):
         report.exit_code = INVALID
 
