@@ -93,6 +93,9 @@ def test_a_revoke_that_fails_for_good_keeps_the_secret_terminating_with_the_reas
     assert current.deleting and "revoking litellm access failed" in current.last_error
     assert live_keys(litellm_standin, request.id)
     assert len(litellm_standin.calls_to("POST", "/key/delete")) == 1, "a refusal is not retried by itself"
+    version = current.resource_version
+    assert loops.processor.run_tick().due == 0, "and it costs no tick anything more"
+    assert loops.get(request).resource_version == version
     # The runbook's way out once the key is revoked by hand in LiteLLM: drop the finalizer.
     core_api.patch_namespaced_secret(codec.request_name(request.id), loops.namespace,
                                      {"metadata": {"finalizers": None}})

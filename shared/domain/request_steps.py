@@ -162,6 +162,13 @@ def _provisioning(request: KeyRequest, backends: tuple[str, ...] | None) -> Next
     return Next(NOTIFY_APPROVED)
 
 
+def revoke_left(request: KeyRequest) -> bool:
+    """Whether a deleted request still has a revoke to try (one that failed for good is not retried:
+    the Secret stays Terminating for an operator, and the sweep leaves it alone)."""
+    failures = revoke_failures(request)
+    return any(backend not in failures for backend in prepared_backends(request))
+
+
 def _deleted(request: KeyRequest) -> Next | None:
     """A Secret deleted by hand: take back what may have been issued, whatever its state; the write
     that records the last revoke drops the finalizer, and the apiserver removes the Secret. A revoke

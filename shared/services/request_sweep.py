@@ -3,7 +3,8 @@
 Every list is of the request namespace only (finished requests whose work is done live in the
 archive, shared/store/requests.py), a page at a time:
 
-- requests that may hold access and whose Secret was deleted by hand (their keys go first);
+- requests that may hold access and whose Secret was deleted by hand (their keys go first), but
+  not those whose revoke failed for good (they wait for an operator);
 - `pending`, `approved`, `revoking`: always work to do;
 - `in-review`, `denied`, `failed`, `expired` until their work is done (`request-settled`);
 - `active` keys whose next lifecycle work (a reminder, the expiry, the end of a rotation's grace)
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 
 from shared.domain import lifecycle
 from shared.domain.request import KeyRequest, State
+from shared.domain.request_steps import revoke_left
 from shared.services.ports import RequestStore
 
 # States whose requests always have work, and states whose work ends when they are settled.
@@ -39,7 +41,7 @@ def due(store: RequestStore, now: datetime) -> Iterator[KeyRequest]:
 
 
 def _swept(store: RequestStore, now: datetime) -> Iterator[KeyRequest]:
-    yield from store.list_deleted()
+    yield from (r for r in store.list_deleted() if revoke_left(r))  # else nothing to do, tick after tick
     for state in ALWAYS_DUE + DUE_UNTIL_SETTLED:
         token = None
         while True:
