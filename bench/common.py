@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import statistics
 import threading
@@ -110,13 +111,44 @@ def seed_requests(api, namespace: str, count: int, tag: str, states: Iterable[st
     def create(i: int) -> None:
         record = request_record(f"{tag}-{i}@example.com", model, cycle[i % len(cycle)])
         finished = record.finished and record.settled == record.state
+        # read to the end, so the connection goes back to the pool (else each create is a new TLS handshake)
         api.create_namespaced_secret(archive if archive and finished else namespace, codec.to_secret(record),
-                                     _preload_content=False)
+                                     _preload_content=False).read()
 
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(create, range(start, start + count)))
     return time.perf_counter() - started
+
+
+# --- CPU time of the processes a benchmark drives ------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process `pid` has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each named process spends between start() and stop(): on 2 shared cores this
+    says whose work bounds a throughput (the apiserver's, etcd's, the app's, the clients')."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.spent = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
+
+    def per_op(self, ops: int) -> str:
+        """'apiserver 1.20 ms, etcd 0.40 ms, ... total 2.10 ms' per operation."""
+        parts = [f"{name} {seconds / ops * 1000:.2f}" for name, seconds in self.spent.items()]
+        return ", ".join(parts) + f"; total {sum(self.spent.values()) / ops * 1000:.2f} ms CPU per call"
 
 
 # --- timing the apiserver calls a piece of code makes --------------------------------------------------

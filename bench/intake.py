@@ -1,19 +1,26 @@
 """Benchmark: POST /api/request-key through the local host against a real kube-apiserver.
 
 16 concurrent clients send 500 new requests, first with no request Secrets stored, then with
---stored (default 50,000, mixed states, seeded 32 at a time) in the same namespace. Prints
+--stored (default 50,000, mixed states, seeded 32 at a time; the unfinished ones in the request
+namespace, the finished ones in its archive, where the app keeps them). Prints
 requests/s, p50, p99 for each and their ratio: the HTTP path reads by name only, so the two
 figures should match (the earlier service listed every request per call and fell from 14 req/s
 to 0.9 req/s).
 
 In the same run, on the same cluster and namespace, it also measures the floor: plain Secret
-creates per second with the app's own Kubernetes client (shared/store/kube.py api_client) at
---clients threads, each body the size of a request Secret (codec.to_secret of a KeyRequest),
-before and after the intake run (their mean is the floor), and prints intake / floor. Goal:
-intake >= 0.6 x floor, p99 <= 50 ms, within 20 % from 0 to 50,000 stored.
+creates per second through the app's own write path (SecretsGateway.create on the
+shared/store/kube.py client, its pooled connections reused) at --clients threads, each body the
+size of a request Secret (codec.to_secret of a KeyRequest), before and after the intake run
+(their mean is the floor), and prints intake / floor. Goal: intake >= 0.6 x floor, p99 <= 50 ms,
+within 20 % from 0 to 50,000 stored. For both it prints the CPU time the apiserver, etcd, the
+host and this process (the clients) spent per call: on 2 shared cores, whose work bounds it.
+
+A closed loop of 16 clients cannot answer faster than 16 / throughput on average (Little's law),
+so its p99 says how saturated the machine is; the paced run (--rate, req/s offered whatever the
+answers take) gives the latency a caller sees below saturation.
 
     .venv/bin/python bench/intake.py [--clients 16] [--requests 500] [--stored 50000] [--rate 100]
-        [--floor-creates 1000] [--seed-threads 32]
+        [--floor-creates 1000] [--seed-threads 32] [--compare-with TREE]
 """
 
 from __future__ import annotations
@@ -36,14 +43,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MIXED, core_api, free_port, load_local_cluster, seed_requests  # noqa: E402
+from bench.common import MIXED, CpuMeter, core_api, free_port, load_local_cluster, seed_requests  # noqa: E402
 
 
 def floor(api, namespace: str, threads: int, total: int, tag: str) -> tuple[float, list[float]]:
-    """Plain Secret creates, `threads` at a time, with the app's client (`api`): one apiserver write
-    each, a body of a request Secret's size (codec.to_secret of a new KeyRequest, renamed)."""
+    """Plain Secret creates, `threads` at a time, through the app's own write path (SecretsGateway
+    on the app's client, its pooled connections reused): one apiserver write each, a body of a
+    request Secret's size (codec.to_secret of a new KeyRequest, renamed)."""
     from shared.domain.request import KeyRequest
     from shared.store import codec
+    from shared.store.secrets import SecretsGateway
+
+    gateway = SecretsGateway(api.api_client, namespace)
 
     template = codec.to_secret(KeyRequest.new(f"{tag}@example.com", "gpt-4o-mini"))
     bodies = []
@@ -58,7 +69,7 @@ def floor(api, namespace: str, threads: int, total: int, tag: str) -> tuple[floa
 
     def create(body: dict) -> None:
         started = time.perf_counter()
-        api.create_namespaced_secret(namespace, body, _preload_content=False)
+        gateway.create(body)
         elapsed = time.perf_counter() - started
         with lock:
             latencies.append(elapsed)
@@ -83,12 +94,13 @@ def unlimited_config(directory: Path) -> Path:
 
 
 def start_host(port: int, kubeconfig: Path, namespace: str, log_path: Path,
-               extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`python -m local_host` on `port`, its timers parked (1 January only), once /health answers 200."""
+               extra_env: dict[str, str] | None = None, root: Path = ROOT) -> subprocess.Popen:
+    """`python -m local_host` of the tree `root` on `port`, its timers parked (1 January only), once
+    /health answers 200."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBERNETES_NAMESPACE": namespace,
            "CONFIG_FILE": str(unlimited_config(log_path.parent)), "APPROVAL_SCHEDULE": "0 0 0 1 1 *",
            "TEAM_SCHEDULE": "0 0 0 1 1 *", "LITELLM_API_KEY": "sk-bench-unused-placeholder", **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "local_host", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "local_host", "--port", str(port)], cwd=root, env=env,
                             stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -147,6 +159,20 @@ def load(port: int, clients: int, total: int, tag: str, rate: float | None = Non
     return time.perf_counter() - started, latencies
 
 
+def compare(tree: Path, cluster, namespace: str, work: Path, clients: int, total: int, tag: str) -> float:
+    """The closed-loop run against the local host of another checkout: its requests/s."""
+    port = free_port()
+    host = start_host(port, cluster.kubeconfig, namespace, work / f"host-{tag}.log", root=tree)
+    try:
+        load(port, clients, 50, f"warm{tag}")
+        wall, latencies = load(port, clients, total, tag)
+        print(f"{'':>14}[{tree}] p50 {p(latencies, 50):6.1f} ms  p99 {p(latencies, 99):6.1f} ms", flush=True)
+        return len(latencies) / wall
+    finally:
+        host.terminate()
+        host.wait(10)
+
+
 def p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
 
@@ -168,6 +194,9 @@ def main() -> None:
     parser.add_argument("--floor-creates", type=int, default=1000,
                         help="plain Secret creates per floor measurement (two per stored level)")
     parser.add_argument("--seed-threads", type=int, default=32, help="threads that seed the stored requests")
+    parser.add_argument("--compare-with", type=Path, metavar="TREE",
+                        help="also load the app of another checkout (git worktree add /tmp/before <commit>) "
+                             "on the same cluster and namespaces, and print this / that")
     args = parser.parse_args()
 
     local_cluster = load_local_cluster()
@@ -182,19 +211,26 @@ def main() -> None:
             results = {}
             for stored in (0, args.stored):
                 namespace = f"bench-{stored}-{uuid.uuid4().hex[:6]}"
-                api.create_namespace({"metadata": {"name": namespace}})
+                archive = namespace + "-archive"  # as deployed (infra/kubernetes/namespace.yaml)
+                for name in (namespace, archive):
+                    api.create_namespace({"metadata": {"name": name}})
                 if stored:
                     seconds = seed_requests(api, namespace, stored, f"seed{stored}", states=MIXED,
-                                            threads=args.seed_threads)
-                    print(f"seeded {stored} request Secrets (states {', '.join(MIXED)} in turn) in {seconds:.1f} s "
-                          f"({stored / seconds:.0f}/s, {args.seed_threads} threads)", flush=True)
+                                            threads=args.seed_threads, archive=archive)
+                    print(f"seeded {stored} request Secrets (states {', '.join(MIXED)} in turn, the finished ones "
+                          f"in the archive) in {seconds:.1f} s ({stored / seconds:.0f}/s, {args.seed_threads} "
+                          "threads)", flush=True)
                 port = free_port()
                 host = start_host(port, cluster.kubeconfig, namespace, work / f"host-{stored}.log")
                 try:
                     load(port, args.clients, 50, f"warm{stored}")  # connections, imports, caches
                     floor(api, namespace, args.clients, 100, f"warm{stored}")
-                    floor_before = floor(api, namespace, args.clients, args.floor_creates, f"a{stored}")
-                    wall, latencies = load(port, args.clients, args.requests, f"run{stored}")
+                    pids = {"apiserver": cluster.apiserver_pid, "etcd": cluster.etcd_pid, "host": host.pid,
+                            "clients": os.getpid()}
+                    with CpuMeter(pids) as floor_cpu:
+                        floor_before = floor(api, namespace, args.clients, args.floor_creates, f"a{stored}")
+                    with CpuMeter(pids) as intake_cpu:
+                        wall, latencies = load(port, args.clients, args.requests, f"run{stored}")
                     floor_after = floor(api, namespace, args.clients, args.floor_creates, f"b{stored}")
                     paced = load(port, args.clients, args.requests, f"paced{stored}", args.rate)[1] \
                         if args.rate else None
@@ -214,9 +250,16 @@ def main() -> None:
                       f"({floors[0]:.1f} / {floors[1]:.1f})  p50 {p(floor_latencies, 50):6.1f} ms  "
                       f"p99 {p(floor_latencies, 99):6.1f} ms", flush=True)
                 print(f"stored={stored:>5}  intake / floor = {rate / floor_rate:.2f}  (goal: >= 0.6)", flush=True)
+                print(f"stored={stored:>5}  CPU per plain create: {floor_cpu.per_op(args.floor_creates)}", flush=True)
+                print(f"stored={stored:>5}  CPU per new request:  {intake_cpu.per_op(len(latencies))}", flush=True)
                 if paced:
                     print(f"stored={stored:>5}  paced at {args.rate:.0f} req/s               "
                           f"p50 {p(paced, 50):6.1f} ms  p99 {p(paced, 99):6.1f} ms", flush=True)
+                if args.compare_with:
+                    other = compare(args.compare_with.resolve(), cluster, namespace, work, args.clients,
+                                    args.requests, f"other{stored}")
+                    print(f"stored={stored:>5}  [{args.compare_with}] {other:7.1f} req/s; this / that = "
+                          f"{rate / other:.2f}", flush=True)
             empty, full = results[0], results[args.stored]
             print(f"ratio stored={args.stored} / stored=0:  throughput {full[0] / empty[0]:.2f}  "
                   f"p99 {full[2] / empty[2]:.2f}  floor {full[3] / empty[3]:.2f}  "

@@ -31,7 +31,9 @@ from bench.intake import unlimited_config  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--top", type=int, default=25, help="functions listed, by CPU of their own")
+    parser.add_argument("--top", type=int, default=25, help="functions listed")
+    parser.add_argument("--sort", default="tottime", choices=("tottime", "cumulative"),
+                        help="by CPU of their own, or with what they call")
     args = parser.parse_args()
     print(f"$ .venv/bin/python bench/intake_profile.py --requests {args.requests} --top {args.top}")
     work = Path(tempfile.mkdtemp(prefix="bench-intake-profile-"))
@@ -75,7 +77,7 @@ def main() -> None:
             post(i)
         profile.disable()
         out = io.StringIO()
-        pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(args.top)
+        pstats.Stats(profile, stream=out).sort_stats(args.sort).print_stats(args.top)
         print(out.getvalue())
     finally:
         cluster.stop()

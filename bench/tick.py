@@ -244,7 +244,7 @@ def seed(api, namespace: str, count: int, tag: str) -> float:
 
     def create(i: int) -> None:
         request = KeyRequest.new(f"{tag}-{i}@example.com", MODEL)
-        api.create_namespaced_secret(namespace, codec.to_secret(request), _preload_content=False)
+        api.create_namespaced_secret(namespace, codec.to_secret(request), _preload_content=False).read()
 
     started = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:

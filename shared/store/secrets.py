@@ -16,6 +16,7 @@ Error mapping (every method):
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Callable
 from typing import Any
@@ -26,33 +27,41 @@ from shared.services.ports import Conflict, InvalidArgument, NotFound, StoreErro
 BodyOrBuilder = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]
 
 
-class SecretsGateway:
-    def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0) -> None:
-        from kubernetes.client import CoreV1Api
+# The Secrets of a namespace, and one of them, on the apiserver's REST API.
+_SECRETS = "/api/v1/namespaces/{namespace}/secrets"
+_SECRET = _SECRETS + "/{name}"
 
-        self._api = CoreV1Api(api_client)
+
+class SecretsGateway:
+    """Calls go through the official client's ApiClient (its configuration, auth hooks, TLS and
+    connection pool) as raw JSON, without the generated CoreV1Api methods: those validate every
+    argument and body with pydantic first, a third of the app's CPU on the intake path
+    (bench/intake_profile.py) for a dict the apiserver validates anyway."""
+
+    def __init__(self, api_client: Any, namespace: str, timeout_seconds: float = 10.0) -> None:
+        self._client = api_client
         self.namespace = namespace
         self.timeout_seconds = timeout_seconds
 
     @property
     def api_client(self) -> Any:
         """The `kubernetes.client.ApiClient` every call goes through."""
-        return self._api.api_client
+        return self._client
 
     def read(self, name: str) -> dict[str, Any] | None:
         """The Secret, or None when it does not exist."""
         try:
-            return self._call("read", self._api.read_namespaced_secret, name, self.namespace)
+            return self._call("read", "GET", _SECRET, name)
         except NotFound:
             return None
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create the Secret; Conflict when the name is taken (of concurrent creators, one wins)."""
-        return self._call("create", self._api.create_namespaced_secret, self.namespace, body)
+        return self._call("create", "POST", _SECRETS, body=body)
 
     def replace(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """A plain replace; the apiserver guards it by `body`'s resourceVersion, if it has one."""
-        return self._call("replace", self._api.replace_namespaced_secret, name, self.namespace, body)
+        return self._call("replace", "PUT", _SECRET, name, body=body)
 
     def replace_guarded(self, name: str, body: BodyOrBuilder, resource_version: str, *,
                         current: dict[str, Any] | None = None, what: str | None = None) -> dict[str, Any]:
@@ -78,15 +87,14 @@ class SecretsGateway:
 
     def patch_merge(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """A JSON merge patch; guarded when `body` carries metadata.resourceVersion."""
-        return self._call("patch", self._api.patch_namespaced_secret, name, self.namespace, body,
-                          _content_type="application/merge-patch+json")
+        return self._call("patch", "PATCH", _SECRET, name, body=body, content_type="application/merge-patch+json")
 
     def delete(self, name: str, resource_version: str | None = None) -> bool:
         """Delete the Secret (only if still at `resource_version`, when given: else Conflict).
         True if it was deleted, False if it was not there."""
         body = {"preconditions": {"resourceVersion": resource_version}} if resource_version else {}
         try:
-            self._call("delete", self._api.delete_namespaced_secret, name, self.namespace, body=body)
+            self._call("delete", "DELETE", _SECRET, name, body=body)
         except NotFound:
             return False
         return True
@@ -98,43 +106,53 @@ class SecretsGateway:
         Read from etcd, not the watch cache (resourceVersion=0): an etcd list reads the Secrets of
         this namespace only, the watch cache of kube-apiserver 1.20 filters those of the whole
         cluster (bench/tick.py --idle prints both)."""
-        kwargs: dict[str, Any] = {"label_selector": label_selector}
+        query = [("labelSelector", label_selector)]
         if limit:
-            kwargs["limit"] = limit
+            query.append(("limit", str(limit)))
         if continue_token:
-            kwargs["_continue"] = continue_token
-        body = self._call("list", self._api.list_namespaced_secret, self.namespace, **kwargs)
+            query.append(("continue", continue_token))
+        body = self._call("list", "GET", _SECRETS, query=query)
         return list(body.get("items") or []), (body.get("metadata") or {}).get("continue") or None
 
-    def _call(self, verb: str, method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def _call(self, verb: str, method: str, path: str, name: str | None = None, *,
+              query: builtins.list[tuple[str, str]] | None = None, body: dict[str, Any] | None = None,
+              content_type: str = "application/json") -> dict[str, Any]:
         """One apiserver call, raw JSON in and out, errors mapped to the port's exceptions."""
-        from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        params = {"namespace": self.namespace} if name is None else {"namespace": self.namespace, "name": name}
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
         try:
-            response = method(*args, _preload_content=False, _request_timeout=self.timeout_seconds, **kwargs)
-            return json.loads(response.data or b"{}")
-        except ApiException as exc:
-            reason = _reason(exc)
-            if exc.status == 404:
-                raise NotFound(f"{verb}: not found") from None
-            if exc.status == 409:
-                raise Conflict(f"{verb}: {reason}") from None
-            if exc.status in (400, 410, 422):
-                raise InvalidArgument(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
-            if exc.status == 403 and "exceeded quota" in reason:
-                # The namespace's ResourceQuota (count/secrets) is full: new requests wait for the
-                # retention sweep or an operator, everything else goes on. Not a bug: a 503.
-                raise StoreUnavailable(f"Kubernetes API {verb}: the namespace's quota is full ({reason})") from None
-            if exc.status == 429 or exc.status >= 500:
-                raise StoreUnavailable(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
-            raise StoreError(f"Kubernetes API {verb} answered {exc.status}: {reason}") from None
+            request = self._client.param_serialize(method, path, path_params=params, query_params=query,
+                                                   header_params=headers, body=body, auth_settings=["BearerToken"])
+            response = self._client.call_api(*request, _request_timeout=self.timeout_seconds)
+            data = response.read()  # to the end: the connection goes back to the pool
         except (HTTPError, OSError) as exc:  # TokenUnavailable is a ConnectionError, so an OSError
             raise StoreUnavailable(f"Kubernetes API {verb} failed: {type(exc).__name__}") from None
+        status = response.status
+        if 200 <= status < 300:
+            return json.loads(data or b"{}")
+        reason = _reason(data, response.reason)
+        if status == 404:
+            raise NotFound(f"{verb}: not found")
+        if status == 409:
+            raise Conflict(f"{verb}: {reason}")
+        if status in (400, 410, 422):
+            raise InvalidArgument(f"Kubernetes API {verb} answered {status}: {reason}")
+        if status == 403 and "exceeded quota" in reason:
+            # The namespace's ResourceQuota (count/secrets) is full: new requests wait for the
+            # retention sweep or an operator, everything else goes on. Not a bug: a 503.
+            raise StoreUnavailable(f"Kubernetes API {verb}: the namespace's quota is full ({reason})")
+        if status == 429 or status >= 500:
+            raise StoreUnavailable(f"Kubernetes API {verb} answered {status}: {reason}")
+        raise StoreError(f"Kubernetes API {verb} answered {status}: {reason}")
 
 
-def _reason(exc: Any) -> str:
+def _reason(data: bytes | None, fallback: str | None) -> str:
+    """The apiserver's own message (a Status body), else the HTTP reason phrase."""
     try:
-        return json.loads(exc.body).get("message") or exc.reason
+        return json.loads(data or b"").get("message") or str(fallback)
     except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)
+        return str(fallback)
