@@ -93,15 +93,20 @@ def unlimited_config(directory: Path) -> Path:
     return path
 
 
+CEILING_APP = ROOT / "bench" / "ceiling_app"
+
+
 def start_host(port: int, kubeconfig: Path, namespace: str, log_path: Path,
-               extra_env: dict[str, str] | None = None, root: Path = ROOT) -> subprocess.Popen:
-    """`python -m local_host` of the tree `root` on `port`, its timers parked (1 January only), once
-    /health answers 200."""
+               extra_env: dict[str, str] | None = None, root: Path = ROOT,
+               app_dir: Path | None = None) -> subprocess.Popen:
+    """`python -m local_host` of the tree `root` (serving its function_app.py, or the one in
+    `app_dir`) on `port`, its timers parked (1 January only), once /health answers 200."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBERNETES_NAMESPACE": namespace,
            "CONFIG_FILE": str(unlimited_config(log_path.parent)), "APPROVAL_SCHEDULE": "0 0 0 1 1 *",
-           "TEAM_SCHEDULE": "0 0 0 1 1 *", "LITELLM_API_KEY": "sk-bench-unused-placeholder", **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "local_host", "--port", str(port)], cwd=root, env=env,
-                            stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+           "TEAM_SCHEDULE": "0 0 0 1 1 *", "LITELLM_API_KEY": "sk-bench-unused-placeholder",
+           "PYTHONPATH": str(root), **(extra_env or {})}
+    argv = [sys.executable, "-m", "local_host", "--port", str(port)] + (["--app-dir", str(app_dir)] if app_dir else [])
+    proc = subprocess.Popen(argv, cwd=root, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -157,6 +162,22 @@ def load(port: int, clients: int, total: int, tag: str, rate: float | None = Non
         raise SystemExit(f"{tag}: {len(failures)} of {clients} clients stopped: POST /api/request-key "
                          f"{failures[0]} (after {len(latencies)} answers)")
     return time.perf_counter() - started, latencies
+
+
+def ceiling_run(cluster, namespace: str, work: Path, clients: int, total: int,
+                stored: int) -> tuple[tuple[float, list[float]], CpuMeter]:
+    """The closed-loop run against the local host serving bench/ceiling_app (one create per POST)."""
+    port = free_port()
+    host = start_host(port, cluster.kubeconfig, namespace, work / f"host-ceiling-{stored}.log", app_dir=CEILING_APP)
+    try:
+        load(port, clients, 50, f"warmceil{stored}")
+        pids = {"apiserver": cluster.apiserver_pid, "etcd": cluster.etcd_pid, "host": host.pid, "clients": os.getpid()}
+        with CpuMeter(pids) as cpu:
+            result = load(port, clients, total, f"ceil{stored}")
+        return result, cpu
+    finally:
+        host.terminate()
+        host.wait(10)
 
 
 def compare(tree: Path, cluster, namespace: str, work: Path, clients: int, total: int, tag: str) -> float:
@@ -237,6 +258,7 @@ def main() -> None:
                 finally:
                     host.terminate()
                     host.wait(10)
+                ceiling, ceiling_cpu = ceiling_run(cluster, namespace, work, args.clients, args.requests, stored)
                 rate = len(latencies) / wall
                 floors = [len(lat) / seconds for seconds, lat in (floor_before, floor_after)]
                 floor_rate = statistics.mean(floors)
@@ -249,8 +271,16 @@ def main() -> None:
                       f"{args.floor_creates} before + {args.floor_creates} after: {floor_rate:7.1f} creates/s "
                       f"({floors[0]:.1f} / {floors[1]:.1f})  p50 {p(floor_latencies, 50):6.1f} ms  "
                       f"p99 {p(floor_latencies, 99):6.1f} ms", flush=True)
-                print(f"stored={stored:>5}  intake / floor = {rate / floor_rate:.2f}  (goal: >= 0.6)", flush=True)
+                ceiling_rate = len(ceiling[1]) / ceiling[0]
+                print(f"stored={stored:>5}  ceiling: the same host, one plain create per POST (bench/ceiling_app): "
+                      f"{ceiling_rate:7.1f} req/s  p50 {p(ceiling[1], 50):6.1f} ms  p99 {p(ceiling[1], 99):6.1f} ms",
+                      flush=True)
+                print(f"stored={stored:>5}  intake / floor = {rate / floor_rate:.2f}  (goal: >= 0.6)   "
+                      f"ceiling / floor = {ceiling_rate / floor_rate:.2f}   "
+                      f"intake / ceiling = {rate / ceiling_rate:.2f}",
+                      flush=True)
                 print(f"stored={stored:>5}  CPU per plain create: {floor_cpu.per_op(args.floor_creates)}", flush=True)
+                print(f"stored={stored:>5}  CPU per ceiling POST: {ceiling_cpu.per_op(len(ceiling[1]))}", flush=True)
                 print(f"stored={stored:>5}  CPU per new request:  {intake_cpu.per_op(len(latencies))}", flush=True)
                 if paced:
                     print(f"stored={stored:>5}  paced at {args.rate:.0f} req/s               "
