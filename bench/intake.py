@@ -164,31 +164,18 @@ def load(port: int, clients: int, total: int, tag: str, rate: float | None = Non
     return time.perf_counter() - started, latencies
 
 
-def ceiling_run(cluster, namespace: str, work: Path, clients: int, total: int,
-                stored: int) -> tuple[tuple[float, list[float]], CpuMeter]:
-    """The closed-loop run against the local host serving bench/ceiling_app (one create per POST)."""
+def host_run(cluster, namespace: str, work: Path, clients: int, total: int, tag: str, *, root: Path = ROOT,
+             app_dir: Path | None = None) -> tuple[tuple[float, list[float]], CpuMeter]:
+    """One closed-loop run against a local host of its own (another checkout's app, or the one in
+    `app_dir`), after a warm-up: (wall seconds, latencies) and the CPU each process spent."""
     port = free_port()
-    host = start_host(port, cluster.kubeconfig, namespace, work / f"host-ceiling-{stored}.log", app_dir=CEILING_APP)
-    try:
-        load(port, clients, 50, f"warmceil{stored}")
-        pids = {"apiserver": cluster.apiserver_pid, "etcd": cluster.etcd_pid, "host": host.pid, "clients": os.getpid()}
-        with CpuMeter(pids) as cpu:
-            result = load(port, clients, total, f"ceil{stored}")
-        return result, cpu
-    finally:
-        host.terminate()
-        host.wait(10)
-
-
-def compare(tree: Path, cluster, namespace: str, work: Path, clients: int, total: int, tag: str) -> float:
-    """The closed-loop run against the local host of another checkout: its requests/s."""
-    port = free_port()
-    host = start_host(port, cluster.kubeconfig, namespace, work / f"host-{tag}.log", root=tree)
+    host = start_host(port, cluster.kubeconfig, namespace, work / f"host-{tag}.log", root=root, app_dir=app_dir)
     try:
         load(port, clients, 50, f"warm{tag}")
-        wall, latencies = load(port, clients, total, tag)
-        print(f"{'':>14}[{tree}] p50 {p(latencies, 50):6.1f} ms  p99 {p(latencies, 99):6.1f} ms", flush=True)
-        return len(latencies) / wall
+        pids = {"apiserver": cluster.apiserver_pid, "etcd": cluster.etcd_pid, "host": host.pid, "clients": os.getpid()}
+        with CpuMeter(pids) as cpu:
+            result = load(port, clients, total, tag)
+        return result, cpu
     finally:
         host.terminate()
         host.wait(10)
@@ -258,7 +245,8 @@ def main() -> None:
                 finally:
                     host.terminate()
                     host.wait(10)
-                ceiling, ceiling_cpu = ceiling_run(cluster, namespace, work, args.clients, args.requests, stored)
+                ceiling, ceiling_cpu = host_run(cluster, namespace, work, args.clients, args.requests,
+                                                f"ceil{stored}", app_dir=CEILING_APP)
                 rate = len(latencies) / wall
                 floors = [len(lat) / seconds for seconds, lat in (floor_before, floor_after)]
                 floor_rate = statistics.mean(floors)
@@ -286,10 +274,12 @@ def main() -> None:
                     print(f"stored={stored:>5}  paced at {args.rate:.0f} req/s               "
                           f"p50 {p(paced, 50):6.1f} ms  p99 {p(paced, 99):6.1f} ms", flush=True)
                 if args.compare_with:
-                    other = compare(args.compare_with.resolve(), cluster, namespace, work, args.clients,
-                                    args.requests, f"other{stored}")
-                    print(f"stored={stored:>5}  [{args.compare_with}] {other:7.1f} req/s; this / that = "
-                          f"{rate / other:.2f}", flush=True)
+                    (other_wall, other), _ = host_run(cluster, namespace, work, args.clients, args.requests,
+                                                      f"other{stored}", root=args.compare_with.resolve())
+                    other_rate = len(other) / other_wall
+                    print(f"stored={stored:>5}  [{args.compare_with}] {other_rate:7.1f} req/s  "
+                          f"p50 {p(other, 50):6.1f} ms  p99 {p(other, 99):6.1f} ms; this / that = "
+                          f"{rate / other_rate:.2f}", flush=True)
             empty, full = results[0], results[args.stored]
             print(f"ratio stored={args.stored} / stored=0:  throughput {full[0] / empty[0]:.2f}  "
                   f"p99 {full[2] / empty[2]:.2f}  floor {full[3] / empty[3]:.2f}  "

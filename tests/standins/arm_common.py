@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,3 +83,38 @@ class ArmRoutes:
                                  [{"code": "ValidationError", "target": name,
                                    "message": f"Unknown property '{name}'"} for name in unknown])
         return properties, None
+
+    def _entity(self, call: Call, ids: dict[str, str], store: dict[str, Entity], key: str, path: str, kind: str,
+                missing: str, allowed: set[str], build: Callable[[dict[str, Any]], dict[str, Any] | Reply],
+                on_delete: Callable[[], Reply | None] | None = None) -> Reply:
+        """GET, PUT (If-Match optional) and DELETE (If-Match required) of the ETagged entity
+        `store[key]` at `{service id}/{path}`. `build(properties)` is what a PUT stores, or the
+        Reply refusing it; `on_delete()` may refuse a DELETE (a Reply) or do what it cascades to."""
+        entity = store.get(key)
+        if call.method == "GET":
+            if entity is None:
+                return arm_error(404, "ResourceNotFound", missing)
+            return Reply(200, self._resource(ids, path, kind, entity.properties), {"ETag": entity.etag})
+        if call.method == "PUT":
+            refused = self._precondition(call, entity, required=False)
+            if refused:
+                return refused
+            properties, refused = self._properties(call, allowed)
+            if refused:
+                return refused
+            built = build(properties)
+            if isinstance(built, Reply):
+                return built
+            created = entity is None
+            entity = store[key] = Entity(built)
+            return Reply(201 if created else 200, self._resource(ids, path, kind, entity.properties),
+                         {"ETag": entity.etag})
+        if call.method == "DELETE":
+            if entity is None:
+                return Reply(204)
+            refused = self._precondition(call, entity, required=True) or (on_delete() if on_delete else None)
+            if refused:
+                return refused
+            del store[key]
+            return Reply(200)
+        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")

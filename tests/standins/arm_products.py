@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.standins import Call, Reply
-from tests.standins.arm_common import ApimService, ArmRoutes, Entity, arm_error
+from tests.standins.arm_common import ApimService, ArmRoutes, arm_error
 
 _PRODUCT_PROPERTIES = {"displayName", "description", "terms", "subscriptionRequired", "approvalRequired",
                        "subscriptionsLimit", "state"}
@@ -23,36 +23,17 @@ _POLICY_FORMATS = {"xml", "xml-link", "rawxml", "rawxml-link"}
 class ProductRoutes(ArmRoutes):
     def _product(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
         pid = ids["pid"]
-        entity = service.products.get(pid)
-        if call.method == "GET":
-            if entity is None:
-                return arm_error(404, "ResourceNotFound", "Product not found.")
-            return Reply(200, self._resource(ids, f"products/{pid}", "products", entity.properties),
-                         {"ETag": entity.etag})
-        if call.method == "PUT":
-            refused = self._precondition(call, entity, required=False)
-            if refused:
-                return refused
-            properties, refused = self._properties(call, _PRODUCT_PROPERTIES)
-            if refused:
-                return refused
+
+        def build(properties: dict[str, Any]) -> dict[str, Any] | Reply:
             if not isinstance(properties.get("displayName"), str) or not properties["displayName"]:
                 return arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
                                  [{"code": "ValidationError", "target": "displayName",
                                    "message": "Display name is required."}])
             if properties.get("state", "notPublished") not in ("notPublished", "published"):
                 return arm_error(400, "ValidationError", f"Invalid product state '{properties['state']}'.")
-            created = entity is None
-            entity = Entity({"state": "notPublished", **properties})
-            service.products[pid] = entity
-            return Reply(201 if created else 200, self._resource(ids, f"products/{pid}", "products", entity.properties),
-                         {"ETag": entity.etag})
-        if call.method == "DELETE":
-            if entity is None:
-                return Reply(204)
-            refused = self._precondition(call, entity, required=True)
-            if refused:
-                return refused
+            return {"state": "notPublished", **properties}
+
+        def on_delete() -> Reply | None:
             subscribed = [sid for sid, s in service.subscriptions.items()
                           if s.properties["scope"] == f"/products/{pid}"]
             if subscribed and call.query.get("deleteSubscriptions", "").lower() != "true":
@@ -61,12 +42,13 @@ class ProductRoutes(ArmRoutes):
                                  "deleteSubscriptions=true as query param")
             for sid in subscribed:
                 del service.subscriptions[sid]
-            del service.products[pid]
             service.policies.pop(pid, None)
             service.product_apis.pop(pid, None)
             service.product_tags.pop(pid, None)
-            return Reply(200)
-        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+            return None
+
+        return self._entity(call, ids, service.products, pid, f"products/{pid}", "products", "Product not found.",
+                            _PRODUCT_PROPERTIES, build, on_delete)
 
     def _product_policy(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
         pid, name = ids["pid"], ids["policy"]
@@ -74,37 +56,14 @@ class ProductRoutes(ArmRoutes):
             return arm_error(404, "ResourceNotFound", "Product not found.")
         if name != "policy":
             return arm_error(400, "ValidationError", "The only policy id is 'policy'.")
-        entity = service.policies.get(pid)
-        path = f"products/{pid}/policies/{name}"
-        if call.method == "GET":
-            if entity is None:
-                return arm_error(404, "ResourceNotFound", "Policy not found.")
-            return Reply(200, self._resource(ids, path, "products/policies", entity.properties), {"ETag": entity.etag})
-        if call.method == "PUT":
-            refused = self._precondition(call, entity, required=False)
-            if refused:
-                return refused
-            properties, refused = self._properties(call, {"value", "format"})
-            if refused:
-                return refused
+
+        def build(properties: dict[str, Any]) -> dict[str, Any] | Reply:
             value, fmt = properties.get("value"), properties.get("format", "xml")
             problem = _policy_problem(value, fmt)
-            if problem:
-                return arm_error(400, "ValidationError", problem)
-            created = entity is None
-            entity = Entity({"format": fmt, "value": value})
-            service.policies[pid] = entity
-            return Reply(201 if created else 200, self._resource(ids, path, "products/policies", entity.properties),
-                         {"ETag": entity.etag})
-        if call.method == "DELETE":
-            if entity is None:
-                return Reply(204)
-            refused = self._precondition(call, entity, required=True)
-            if refused:
-                return refused
-            del service.policies[pid]
-            return Reply(200)
-        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+            return arm_error(400, "ValidationError", problem) if problem else {"format": fmt, "value": value}
+
+        return self._entity(call, ids, service.policies, pid, f"products/{pid}/policies/{name}", "products/policies",
+                            "Policy not found.", {"value", "format"}, build)
 
     def _product_apis(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
         pid = ids["pid"]
@@ -149,39 +108,21 @@ class ProductRoutes(ArmRoutes):
 
     def _tag(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
         tag = ids["tag"]
-        entity = service.tags.get(tag)
-        if call.method == "GET":
-            if entity is None:
-                return arm_error(404, "ResourceNotFound", "Tag not found.")
-            return Reply(200, self._resource(ids, f"tags/{tag}", "tags", entity.properties), {"ETag": entity.etag})
-        if call.method == "PUT":
-            refused = self._precondition(call, entity, required=False)
-            if refused:
-                return refused
-            properties, refused = self._properties(call, {"displayName"})
-            if refused:
-                return refused
+
+        def build(properties: dict[str, Any]) -> dict[str, Any] | Reply:
             name = properties.get("displayName")
             if not isinstance(name, str) or not 1 <= len(name) <= 160:
                 return arm_error(400, "ValidationError", "One or more fields contain incorrect values:",
                                  [{"code": "ValidationError", "target": "displayName",
                                    "message": "Display name is required and must be 1 to 160 characters long."}])
-            created = entity is None
-            entity = Entity({"displayName": name})
-            service.tags[tag] = entity
-            return Reply(201 if created else 200, self._resource(ids, f"tags/{tag}", "tags", entity.properties),
-                         {"ETag": entity.etag})
-        if call.method == "DELETE":
-            if entity is None:
-                return Reply(204)
-            refused = self._precondition(call, entity, required=True)
-            if refused:
-                return refused
-            del service.tags[tag]
+            return {"displayName": name}
+
+        def on_delete() -> None:
             for linked in service.product_tags.values():
                 linked.discard(tag)
-            return Reply(200)
-        return arm_error(405, "MethodNotAllowed", f"{call.method} is not allowed here.")
+
+        return self._entity(call, ids, service.tags, tag, f"tags/{tag}", "tags", "Tag not found.", {"displayName"},
+                            build, on_delete)
 
     def _product_tags(self, call: Call, service: ApimService, ids: dict[str, str]) -> Reply:
         def linked(pid: str) -> list[dict]:
